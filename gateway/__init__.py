@@ -1,0 +1,1 @@
+"""The edge: Starlette app, HTTP routes, WebSocket sessions, fanout hub, WebRTC."""
