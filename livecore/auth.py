@@ -25,7 +25,7 @@ class Claims:
     exp: int
 
     def can_act_on(self, show_id: str) -> bool:
-        return self.show == "*" and self.role == "admin" or self.show == show_id
+        return (self.show == "*" and self.role == "admin") or self.show == show_id
 
     def require(self, show_id: str | None, *roles: str) -> None:
         """Raise Forbidden unless this token has one of `roles` for `show_id`."""

@@ -1,0 +1,477 @@
+"""The fanout hub: one per gateway node.
+
+Each show with local subscribers has a ShowChannel that tails the show's
+Redis streams (events, staff, vol) with one blocking XREAD. Every event
+arrives as final frame text (seq already inside), so the hub never encodes
+per connection: it appends the same `str` to each connection's bounded queue
+and each connection's own writer task drains it. The broadcast loop has no
+`await` per connection, and a slow client can only hurt itself: droppable
+frames are skipped for it, and when its queue overflows it is closed 1013.
+
+Ticks, viewer counts, reactions and host stats are generated here per node on
+timers, one encode per show per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from livecore.bus import EventBus
+from livecore.ids import now_ms
+from livecore.keys import Keys
+from livecore.metrics import CONNECTIONS, DROPPED, FANOUT_DELAY, FRAMES_OUT, SLOW_CLOSED
+from livecore.settings import Settings
+
+log = logging.getLogger("gateway.hub")
+
+SendText = Callable[[str], Awaitable[None]]
+CloseFn = Callable[[int, str], Awaitable[None]]
+
+
+class Conn:
+    """One client socket as the hub sees it: a bounded queue and a writer."""
+
+    __slots__ = (
+        "batch_ok",
+        "close_code",
+        "close_fn",
+        "closing",
+        "live",
+        "max_queue",
+        "pending",
+        "queue",
+        "role",
+        "send",
+        "show_id",
+        "staff",
+        "user_id",
+        "wake",
+        "writer",
+    )
+
+    def __init__(self, show_id: str, role: str, user_id: str | None, send: SendText,
+                 close_fn: CloseFn, max_queue: int, batch_ok: bool = True) -> None:
+        self.show_id = show_id
+        self.role = role
+        self.user_id = user_id
+        self.staff = role in ("host", "moderator", "admin")
+        self.send = send
+        self.close_fn = close_fn
+        self.max_queue = max_queue
+        self.batch_ok = batch_ok
+        self.queue: deque[str] = deque()
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.close_code = 1000
+        # Until the welcome (and any replay) is queued, live events wait here.
+        self.live = False
+        self.pending: list[tuple[int, str, str]] = []
+        self.writer: asyncio.Task[None] | None = None
+
+    def push(self, data: str, droppable: bool = False) -> None:
+        if self.closing:
+            return
+        if len(self.queue) >= self.max_queue:
+            if droppable:
+                DROPPED.inc()
+                return
+            SLOW_CLOSED.inc()
+            self.close(1013, "too slow: send queue overflowed")
+            return
+        self.queue.append(data)
+        FRAMES_OUT.inc()
+        self.wake.set()
+
+    def close(self, code: int, reason: str = "") -> None:
+        if not self.closing:
+            self.closing = True
+            self.close_code = code
+            self.queue.clear()
+            self.wake.set()
+            self._reason = reason
+
+    def start(self) -> None:
+        self.writer = asyncio.ensure_future(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.queue and not self.closing:
+                    await self.send(self.queue.popleft())
+                if self.closing:
+                    with contextlib.suppress(Exception):
+                        await self.close_fn(self.close_code, getattr(self, "_reason", ""))
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.closing = True
+
+
+@dataclass
+class DealView:
+    id: str
+    remaining: int
+    ends_at: int
+
+
+@dataclass
+class ShowChannel:
+    show_id: str
+    conns: set[Conn] = field(default_factory=set)
+    last_seq: int = 0
+    last_ids: dict[str, str] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    reader: asyncio.Task[None] | None = None
+    deal: DealView | None = None
+    reactions: Counter[str] = field(default_factory=Counter)
+    chat_count: int = 0
+    claim_count: int = 0
+    last_viewers: int = -1
+    viewers_total: int = 0
+    peak: int = 0
+
+
+class Hub:
+    def __init__(self, redis: Redis, blocking_redis: Redis, keys: Keys, bus: EventBus,
+                 settings: Settings, node_id: str) -> None:
+        self.redis = redis
+        self.blocking = blocking_redis
+        self.keys = keys
+        self.bus = bus
+        self.settings = settings
+        self.node_id = node_id
+        self.channels: dict[str, ShowChannel] = {}
+        self.timers: list[asyncio.Task[None]] = []
+        self.stats_source: Callable[[str], Awaitable[dict[str, int]]] | None = None
+        self.deal_source: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
+        self.faq_cache: dict[str, Any] = {}
+        self.conn_count = 0
+        bus.seq_floor = lambda show_id: self.channels[show_id].last_seq if show_id in self.channels else 0
+
+    # ---- lifecycle ------------------------------------------------------
+
+    def start(self) -> None:
+        self.timers = [asyncio.ensure_future(self._timer(self.settings.tick_interval_s, self._ticks)),
+                       asyncio.ensure_future(self._timer(self.settings.viewers_interval_s, self._presence)),
+                       asyncio.ensure_future(self._timer(self.settings.reactions_interval_s, self._reactions)),
+                       asyncio.ensure_future(self._timer(self.settings.stats_interval_s, self._stats))]
+
+    async def stop(self, code: int = 1012) -> None:
+        for ch in list(self.channels.values()):
+            for conn in list(ch.conns):
+                conn.close(code, "server restarting")
+        await asyncio.sleep(0.05)
+        for task in self.timers:
+            task.cancel()
+        for ch in list(self.channels.values()):
+            if ch.reader:
+                ch.reader.cancel()
+        with contextlib.suppress(Exception):
+            await self.redis.hdel(self.keys.prefix + ":nodes", self.node_id)
+
+    async def _timer(self, interval: float, fn: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("hub timer %s failed", getattr(fn, "__name__", fn), exc_info=True)
+
+    # ---- membership -----------------------------------------------------
+
+    async def join(self, conn: Conn) -> ShowChannel:
+        ch = self.channels.get(conn.show_id)
+        if ch is None:
+            ch = ShowChannel(conn.show_id)
+            self.channels[conn.show_id] = ch
+            ch.reader = asyncio.ensure_future(self._read_loop(ch))
+        ch.conns.add(conn)
+        self.conn_count += 1
+        CONNECTIONS.labels(conn.role).inc()
+        await ch.ready.wait()
+        return ch
+
+    def leave(self, conn: Conn) -> None:
+        ch = self.channels.get(conn.show_id)
+        if ch is None or conn not in ch.conns:
+            return
+        ch.conns.discard(conn)
+        self.conn_count -= 1
+        CONNECTIONS.labels(conn.role).dec()
+        if conn.writer:
+            conn.writer.cancel()
+        if not ch.conns:
+            # Keep the channel a moment: reconnects are common and cheap to serve warm.
+            asyncio.get_running_loop().call_later(30, self._maybe_drop, conn.show_id)
+
+    def _maybe_drop(self, show_id: str) -> None:
+        ch = self.channels.get(show_id)
+        if ch is not None and not ch.conns:
+            if ch.reader:
+                ch.reader.cancel()
+            del self.channels[show_id]
+            asyncio.ensure_future(self._presence_remove(show_id))
+
+    async def _presence_remove(self, show_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.redis.hdel(self.keys.show(show_id, "presence"), self.node_id)
+
+    def go_live(self, conn: Conn, after_seq: int) -> None:
+        """Welcome (and replay up to `after_seq`) are queued; release buffered events."""
+        for seq, data, type_ in conn.pending:
+            if seq > after_seq:
+                self._deliver(conn, data, type_)
+        conn.pending = []
+        conn.live = True
+
+    # ---- reading the show's streams -------------------------------------
+
+    async def _read_loop(self, ch: ShowChannel) -> None:
+        ev, staff, vol = self.bus.stream_keys(ch.show_id)
+        backoff = 0.1
+        while True:
+            try:
+                if not ch.ready.is_set():
+                    await self._init_channel(ch, ev, staff, vol)
+                    ch.ready.set()
+                    backoff = 0.1
+                resp = await self.blocking.xread(
+                    {ev: ch.last_ids[ev], staff: ch.last_ids[staff], vol: ch.last_ids[vol]},
+                    block=2000, count=500)
+                if not resp:
+                    await self._check_seq_reset(ch)
+                    continue
+                for stream, entries in resp:
+                    if not entries:
+                        continue
+                    ch.last_ids[stream] = entries[-1][0]
+                    datas = [e[1]["d"] for e in entries]
+                    if stream == ev:
+                        self._dispatch_events(ch, datas)
+                    elif stream == staff:
+                        for d in datas:
+                            self._broadcast(ch, d, staff_only=True)
+                    else:
+                        for d in datas:
+                            self._on_volatile(ch, orjson.loads(d))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("show %s reader failed; retrying", ch.show_id, exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _init_channel(self, ch: ShowChannel, ev: str, staff: str, vol: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in (ev, staff, vol):
+            pipe.xrevrange(key, count=1)
+        pipe.get(self.keys.show(ch.show_id, "seq"))
+        ev_last, staff_last, vol_last, seq = await pipe.execute()
+        ch.last_ids = {ev: ev_last[0][0] if ev_last else "0-0",
+                       staff: staff_last[0][0] if staff_last else "0-0",
+                       vol: vol_last[0][0] if vol_last else "0-0"}
+        stream_seq = int(ev_last[0][0].split("-")[0]) if ev_last else 0
+        ch.last_seq = max(stream_seq, int(seq or 0), ch.last_seq)
+        if ch.last_ids[ev] == "0-0" and ch.last_seq:
+            ch.last_ids[ev] = f"{ch.last_seq}-0"
+        if self.deal_source is not None:
+            deal = await self.deal_source(ch.show_id)
+            ch.deal = DealView(deal["id"], deal["remaining"], deal["ends_at"]) if deal else None
+
+    async def _check_seq_reset(self, ch: ShowChannel) -> None:
+        """Redis lost the show's seq (restart without persistence): put our floor back."""
+        key = self.keys.show(ch.show_id, "seq")
+        value = await self.redis.get(key)
+        if ch.last_seq and (value is None or int(value) < ch.last_seq):
+            await self.redis.set(key, ch.last_seq)
+            log.warning("show %s seq was reset in Redis; restored floor %s", ch.show_id, ch.last_seq)
+
+    def _dispatch_events(self, ch: ShowChannel, datas: list[str]) -> None:
+        now = now_ms()
+        parsed: list[tuple[int, str, str]] = []
+        for data in datas:
+            event = orjson.loads(data)
+            seq = int(event.get("seq", 0))
+            if seq <= ch.last_seq and ch.last_seq:
+                continue
+            ch.last_seq = seq
+            type_ = str(event.get("type"))
+            self._apply_state(ch, type_, event)
+            FANOUT_DELAY.observe(max(0, now - int(event.get("ts", now))) / 1000)
+            parsed.append((seq, data, type_))
+        if not parsed:
+            return
+        batch_frame = None
+        if len(parsed) > 1:
+            batch_frame = '{"type":"batch","events":[' + ",".join(p[1] for p in parsed) + "]}"
+        for conn in list(ch.conns):
+            if not conn.live:
+                conn.pending.extend(parsed)
+                continue
+            if batch_frame is not None and conn.batch_ok:
+                conn.push(batch_frame)
+            else:
+                for _, data, _ in parsed:
+                    conn.push(data)
+
+    def _deliver(self, conn: Conn, data: str, type_: str) -> None:
+        conn.push(data)
+
+    def _apply_state(self, ch: ShowChannel, type_: str, event: dict[str, Any]) -> None:
+        if type_ == "deal.started":
+            d = event["deal"]
+            ch.deal = DealView(d["id"], int(d["remaining"]), int(d["ends_at"]))
+        elif type_ == "deal.ended" and ch.deal and ch.deal.id == event.get("deal_id"):
+            ch.deal = None
+        elif type_ == "chat.message":
+            ch.chat_count += 1
+
+    def _on_volatile(self, ch: ShowChannel, payload: dict[str, Any]) -> None:
+        if "deal_id" in payload and ch.deal and ch.deal.id == payload["deal_id"]:
+            ch.deal.remaining = int(payload["remaining"])
+            self._send_tick(ch)
+        elif "reactions" in payload:
+            frame = orjson.dumps({"type": "reactions", "counts": payload["reactions"],
+                                  "ts": now_ms()}).decode()
+            self._broadcast(ch, frame, droppable=True)
+
+    def _broadcast(self, ch: ShowChannel, data: str, *, staff_only: bool = False,
+                   droppable: bool = False, hosts_only: bool = False) -> None:
+        for conn in list(ch.conns):
+            if not conn.live or (staff_only and not conn.staff):
+                continue
+            if hosts_only and conn.role not in ("host", "admin"):
+                continue
+            conn.push(data, droppable)
+
+    # ---- node-local generated events --------------------------------------
+
+    def _send_tick(self, ch: ShowChannel) -> None:
+        if ch.deal is None:
+            return
+        frame = orjson.dumps({"type": "deal.tick", "deal_id": ch.deal.id,
+                              "remaining": ch.deal.remaining, "ends_at": ch.deal.ends_at,
+                              "server_time": now_ms()}).decode()
+        self._broadcast(ch, frame, droppable=True)
+
+    async def _ticks(self) -> None:
+        now = now_ms()
+        for ch in list(self.channels.values()):
+            if ch.deal is not None and ch.deal.ends_at + 2000 < now:
+                ch.deal = None  # deal.ended will follow from the sweeper
+            self._send_tick(ch)
+
+    def local_viewers(self, ch: ShowChannel) -> int:
+        return sum(1 for c in ch.conns if c.role == "viewer")
+
+    async def _presence(self) -> None:
+        if not self.channels:
+            return
+        now = now_ms()
+        ttl_ms = int(self.settings.presence_ttl_s * 1000)
+        chans = list(self.channels.values())
+        pipe = self.redis.pipeline(transaction=False)
+        for ch in chans:
+            key = self.keys.show(ch.show_id, "presence")
+            pipe.hset(key, self.node_id, f"{self.local_viewers(ch)}:{now}")
+            pipe.hgetall(key)
+        results = await pipe.execute()
+        for i, ch in enumerate(chans):
+            entries: dict[str, str] = results[2 * i + 1]
+            total, stale = 0, []
+            for node, value in entries.items():
+                count, _, ts = value.partition(":")
+                if int(ts or 0) + ttl_ms < now:
+                    stale.append(node)
+                else:
+                    total += int(count or 0)
+            if stale:
+                await self.redis.hdel(self.keys.show(ch.show_id, "presence"), *stale)
+            ch.viewers_total = total
+            ch.peak = max(ch.peak, total)
+            if total != ch.last_viewers:
+                ch.last_viewers = total
+                frame = orjson.dumps({"type": "viewers", "count": total, "ts": now}).decode()
+                self._broadcast(ch, frame, droppable=True)
+
+    async def viewers(self, show_id: str) -> int:
+        ch = self.channels.get(show_id)
+        if ch is not None and ch.last_viewers >= 0:
+            return ch.viewers_total
+        entries = await self.redis.hgetall(self.keys.show(show_id, "presence"))
+        now, ttl_ms, total = now_ms(), int(self.settings.presence_ttl_s * 1000), 0
+        for value in entries.values():
+            count, _, ts = value.partition(":")
+            if int(ts or 0) + ttl_ms >= now:
+                total += int(count or 0)
+        if ch is not None:
+            total = max(total, self.local_viewers(ch))
+        return total
+
+    def react(self, show_id: str, emoji: str) -> None:
+        ch = self.channels.get(show_id)
+        if ch is not None:
+            ch.reactions[emoji] += 1
+
+    async def _reactions(self) -> None:
+        for ch in list(self.channels.values()):
+            if ch.reactions:
+                counts, ch.reactions = dict(ch.reactions), Counter()
+                await self.bus.publish_volatile(ch.show_id, {"reactions": counts, "node": self.node_id})
+                await self._bump_stats(ch.show_id, "reactions", sum(counts.values()))
+
+    def note_claim(self, show_id: str) -> None:
+        asyncio.ensure_future(self._bump_stats(show_id, "claims", 1))
+
+    async def note_chat(self, show_id: str) -> None:
+        await self._bump_stats(show_id, "chat", 1)
+
+    async def _bump_stats(self, show_id: str, field_: str, n: int) -> None:
+        bucket = int(time.time() // 10)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.keys.show(show_id, f"stats:{bucket}"), field_, n)
+        pipe.expire(self.keys.show(show_id, f"stats:{bucket}"), 120)
+        pipe.hincrby(self.keys.show(show_id, "stats"), field_, n)
+        with contextlib.suppress(Exception):
+            await pipe.execute()
+
+    async def _stats(self) -> None:
+        for ch in list(self.channels.values()):
+            if not any(c.role in ("host", "admin") for c in ch.conns):
+                continue
+            bucket = int(time.time() // 10)
+            pipe = self.redis.pipeline(transaction=False)
+            for b in range(bucket - 5, bucket + 1):
+                pipe.hmget(self.keys.show(ch.show_id, f"stats:{b}"), ["chat", "reactions"])
+            pipe.hget(self.keys.show(ch.show_id, "stats"), "claims")
+            pipe.get(self.keys.show(ch.show_id, "peak"))
+            res = await pipe.execute()
+            chat = sum(int(r[0] or 0) for r in res[:6])
+            reactions = sum(int(r[1] or 0) for r in res[:6])
+            peak = max(int(res[7] or 0), ch.peak, ch.viewers_total)
+            if peak > int(res[7] or 0):
+                await self.redis.set(self.keys.show(ch.show_id, "peak"), peak)
+            extra = await self.stats_source(ch.show_id) if self.stats_source else {}
+            frame = orjson.dumps({"type": "stats", "viewers": ch.viewers_total, "peak_viewers": peak,
+                                  "chat_per_min": chat, "reactions_per_min": reactions,
+                                  "claims": int(res[6] or 0), **extra,
+                                  "server_time": now_ms()}).decode()
+            self._broadcast(ch, frame, hosts_only=True, droppable=True)
+
+    def invalidate_faq(self, show_id: str) -> None:
+        self.faq_cache.pop(show_id, None)

@@ -1,0 +1,76 @@
+"""Wiring: one Redis client, one PG pool and the domain services on top."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from livecore.auth import TokenService
+from livecore.bus import EventBus
+from livecore.catalogue import Catalogue, Shows
+from livecore.db import create_pool
+from livecore.deals import DealEngine
+from livecore.keys import Keys
+from livecore.moderation import Moderation
+from livecore.redisfn import RedisFunctions
+from livecore.settings import Settings
+
+
+def redis_client(url: str, **kwargs: object) -> Redis:
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
+    return Redis.from_url(url, decode_responses=True, retry=retry,
+                          retry_on_error=[RedisConnectionError, RedisTimeoutError],
+                          health_check_interval=15, socket_connect_timeout=2, **kwargs)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    fns: RedisFunctions
+    keys: Keys
+    bus: EventBus
+    tokens: TokenService
+    catalogue: Catalogue
+    shows: Shows
+    deals: DealEngine
+    moderation: Moderation
+
+    @classmethod
+    async def create(cls, settings: Settings) -> Services:
+        if not settings.redis_url or not settings.database_url:
+            raise RuntimeError("LIVECORE_REDIS_URL and LIVECORE_DATABASE_URL must be set")
+        redis = redis_client(settings.redis_url, max_connections=512)
+        try:
+            await redis.ping()
+        except Exception as exc:
+            await redis.aclose()
+            raise RuntimeError(f"Redis at {settings.redis_url} is unreachable: {exc}") from exc
+        try:
+            pool = await create_pool(settings.database_url)
+        except Exception as exc:
+            await redis.aclose()
+            raise RuntimeError(f"PostgreSQL is unreachable: {exc}") from exc
+        fns = RedisFunctions(redis)
+        await fns.load()
+        keys = Keys(settings.redis_prefix)
+        bus = EventBus(redis, fns, keys, settings.history_max)
+        deals = DealEngine(pool, redis, fns, keys, bus, default_hold_ttl_s=settings.default_hold_ttl_s,
+                           claim_window_ms=settings.claim_batch_window_ms)
+        return cls(settings=settings, pool=pool, redis=redis, fns=fns, keys=keys, bus=bus,
+                   tokens=TokenService(settings.secret), catalogue=Catalogue(pool), shows=Shows(pool),
+                   deals=deals, moderation=Moderation(pool, redis, keys, bus, settings))
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.pool.close()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()

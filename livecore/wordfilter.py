@@ -1,0 +1,78 @@
+"""Chat word filter: pure functions, no I/O.
+
+Text and words are folded to one canonical form before matching, so these
+all match "scam": "SCAM", "ｓｃａｍ" (NFKC), "s c a m", "s.c.a.m", "$c4m"
+(look-alikes), and Arabic with diacritics (tashkeel) or tatweel stretched.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+DEFAULT_WORDS: tuple[str, ...] = ("scam", "fake", "fraud", "idiot", "نصب", "احتيال", "غبي")
+
+# Latin look-alikes: digits/symbols and Cyrillic/Greek homoglyphs.
+_CONFUSABLES = str.maketrans({
+    "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
+    "!": "i", "|": "i", "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "х": "x", "у": "y",
+    "і": "i", "ѕ": "s", "ј": "j", "к": "k", "м": "m", "т": "t", "в": "b", "н": "h",
+    "α": "a", "ο": "o", "ρ": "p", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "τ": "t",
+    # Arabic letter variants folded to their base letter.
+    "أ": "ا", "إ": "ا", "آ": "ا", "ٱ": "ا", "ى": "ي", "ة": "ه", "ؤ": "و", "ئ": "ي",
+})
+_ARABIC_MARKS = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")
+_SEPARATORS = re.compile(r"[\s\W_]+", re.UNICODE)
+_LINK = re.compile(r"(https?://|www\.|\b[a-z0-9-]+\.(com|net|org|io|shop|store|ly|me|co|xyz|ru)\b)",
+                   re.IGNORECASE)
+
+
+def fold(text: str) -> str:
+    """Canonical form: NFKC, casefold, no combining marks, look-alikes mapped."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _ARABIC_MARKS.sub("", text)
+    decomposed = unicodedata.normalize("NFD", text)
+    text = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return text.translate(_CONFUSABLES)
+
+
+def squash(text: str) -> str:
+    """Folded text with every separator removed: defeats "s c a m" and "s.c.a.m"."""
+    return _SEPARATORS.sub("", fold(text))
+
+
+def _collapse_repeats(text: str) -> str:
+    return re.sub(r"(.)\1+", r"\1", text)
+
+
+def find_banned(text: str, words: list[str] | tuple[str, ...]) -> str | None:
+    """The first banned word found in `text`, or None."""
+    folded = fold(text)
+    tokens = set(_SEPARATORS.split(folded))
+    squashed = squash(text)
+    collapsed = _collapse_repeats(squashed)
+    for word in words:
+        w = squash(word)
+        if not w:
+            continue
+        if w in tokens:
+            return word
+        # Substring matching on squashed text catches spacing tricks; limit it to
+        # words long enough not to flag innocent longer words ("class" ≠ "ass").
+        if len(w) >= 4 and (w in squashed or _collapse_repeats(w) in collapsed):
+            return word
+    return None
+
+
+def has_link(text: str) -> bool:
+    return _LINK.search(fold(text)) is not None
+
+
+def check(text: str, words: list[str] | tuple[str, ...], *, hold_links: bool) -> str | None:
+    """Why a message should be held for review, or None to let it through."""
+    word = find_banned(text, words)
+    if word is not None:
+        return f"word:{word}"
+    if hold_links and has_link(text):
+        return "link"
+    return None
