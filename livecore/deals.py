@@ -19,7 +19,7 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 from redis.asyncio import Redis
@@ -276,7 +276,7 @@ class DealEngine:
         return {"id": rid, "deal_id": deal_id, "qty": int(q), "price_cents": state["price_cents"],
                 "currency": state["currency"], "expires_at": int(exp), "status": "held"}
 
-    _static_cache: dict[str, dict[str, Any]] = {}
+    _static_cache: ClassVar[dict[str, dict[str, Any]]] = {}
 
     async def _deal_static(self, deal_id: str) -> dict[str, Any]:
         cached = self._static_cache.get(deal_id)

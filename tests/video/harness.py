@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from gateway.video import VideoService
 from gateway.video.sessions import RelayMode
@@ -82,7 +83,9 @@ async def eventually(predicate: Callable[[], bool], within_s: float = 15.0) -> N
 
 
 @contextlib.asynccontextmanager
-async def running_server(mode: RelayMode) -> AsyncIterator[VideoServer]:
+async def running_server(
+    mode: RelayMode, extra_routes: Sequence[BaseRoute] = ()
+) -> AsyncIterator[VideoServer]:
     # No ICE servers: host candidates on 127.0.0.1 are all a local test needs,
     # and a STUN lookup would make every answer wait on the network.
     settings = Settings.model_validate({"max_whep_sessions": MAX_VIEWERS, "ice_servers": []})
@@ -90,7 +93,7 @@ async def running_server(mode: RelayMode) -> AsyncIterator[VideoServer]:
     shows.shows["ended"] = {"id": "ended", "status": "ended"}
     ctx = Ctx(settings=settings, tokens=TokenService(SECRET), shows=shows)
     service = VideoService(ctx, connect_timeout_s=CONNECT_TIMEOUT_S, relay_mode=mode)
-    app = Starlette(routes=service.routes)
+    app = Starlette(routes=[*service.routes, *extra_routes])
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
