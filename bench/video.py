@@ -254,7 +254,7 @@ async def measure(
 
 COLUMNS = (
     "viewers", "connected", "server CPU (cores)", "server RSS (MiB)", "viewers/core",
-    "video fps/viewer (median, min)", "audio fps/viewer", "ingest fps", "media out (Mbit/s)",
+    "video fps/viewer (median, min)", "audio packets/s/viewer", "ingest fps", "media out (Mbit/s)",
     "load-gen CPU (cores)",
 )
 

@@ -31,6 +31,7 @@ from livecore.ids import now_ms
 from livecore.keys import Keys
 from livecore.metrics import CONNECTIONS, DROPPED, FANOUT_DELAY, FRAMES_OUT, SLOW_CLOSED
 from livecore.settings import Settings
+from livecore.tasks import spawn
 
 log = logging.getLogger("gateway.hub")
 
@@ -42,6 +43,7 @@ class Conn:
     """One client socket as the hub sees it: a bounded queue and a writer."""
 
     __slots__ = (
+        "_reason",
         "batch_ok",
         "close_code",
         "close_fn",
@@ -77,6 +79,7 @@ class Conn:
         self.live = False
         self.pending: list[tuple[int, str, str]] = []
         self.writer: asyncio.Task[None] | None = None
+        self._reason = ""
 
     def push(self, data: str, droppable: bool = False) -> None:
         if self.closing:
@@ -112,7 +115,7 @@ class Conn:
                     await self.send(self.queue.popleft())
                 if self.closing:
                     with contextlib.suppress(Exception):
-                        await self.close_fn(self.close_code, getattr(self, "_reason", ""))
+                        await self.close_fn(self.close_code, self._reason)
                     return
         except asyncio.CancelledError:
             raise
@@ -225,7 +228,7 @@ class Hub:
             if ch.reader:
                 ch.reader.cancel()
             del self.channels[show_id]
-            asyncio.ensure_future(self._presence_remove(show_id))
+            spawn(self._presence_remove(show_id))
 
     async def _presence_remove(self, show_id: str) -> None:
         with contextlib.suppress(Exception):
@@ -250,7 +253,7 @@ class Hub:
                     await self._init_channel(ch, ev, staff, vol)
                     ch.ready.set()
                     backoff = 0.1
-                resp = await self.blocking.xread(
+                resp: Any = await self.blocking.xread(
                     {ev: ch.last_ids[ev], staff: ch.last_ids[staff], vol: ch.last_ids[vol]},
                     block=2000, count=500)
                 if not resp:
@@ -413,7 +416,7 @@ class Hub:
         ch = self.channels.get(show_id)
         if ch is not None and ch.last_viewers >= 0:
             return ch.viewers_total
-        entries = await self.redis.hgetall(self.keys.show(show_id, "presence"))
+        entries: dict[str, str] = await self.redis.hgetall(self.keys.show(show_id, "presence"))  # type: ignore[assignment]
         now, ttl_ms, total = now_ms(), int(self.settings.presence_ttl_s * 1000), 0
         for value in entries.values():
             count, _, ts = value.partition(":")
@@ -436,7 +439,7 @@ class Hub:
                 await self._bump_stats(ch.show_id, "reactions", sum(counts.values()))
 
     def note_claim(self, show_id: str) -> None:
-        asyncio.ensure_future(self._bump_stats(show_id, "claims", 1))
+        spawn(self._bump_stats(show_id, "claims", 1))
 
     async def note_chat(self, show_id: str) -> None:
         await self._bump_stats(show_id, "chat", 1)

@@ -123,7 +123,7 @@ async def _session(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claims | 
     channel = await hub.join(conn)
     seq = channel.last_seq
     deal = await services.deals.live_deal(conn.show_id)
-    welcome = {
+    welcome: dict[str, Any] = {
         "type": "welcome", "session_id": uuid.uuid4().hex,
         "user": ({"id": claims.sub, "name": claims.name, "role": claims.role} if claims
                  else {"id": None, "name": "anonymous", "role": "viewer"}),
@@ -156,11 +156,11 @@ async def _history(ctx: AppContext, show_id: str, resume_from: int, upto: int) -
     if resume_from >= upto:
         return [], resume_from == upto or upto == 0
     key = ctx.services.keys.show(show_id, "events")
-    entries = await ctx.services.redis.xrange(key, min=f"{resume_from + 1}-0", max=f"{upto}-0")
+    entries: Any = await ctx.services.redis.xrange(key, min=f"{resume_from + 1}-0", max=f"{upto}-0")
     if not entries or int(entries[0][0].split("-")[0]) != resume_from + 1:
         return [], False
     deleted = await ctx.services.moderation.deleted_ids(show_id)
-    out = []
+    out: list[str] = []
     for _, fields in entries:
         data = fields["d"]
         if deleted and '"chat.message"' in data:
@@ -174,7 +174,9 @@ async def _history(ctx: AppContext, show_id: str, resume_from: int, upto: int) -
 async def _read_frames(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claims | None,
                        endpoint: str) -> None:
     settings = ctx.settings
-    bucket = TokenBucket(settings.frame_rate_per_s, settings.frame_burst)
+    # Hosts and moderators run the show: they get more headroom than viewers.
+    scale = 1 if endpoint == "viewer" else 5
+    bucket = TokenBucket(settings.frame_rate_per_s * scale, settings.frame_burst * scale)
     strikes = 0
     cmd_ctx = CommandContext(ctx=ctx, conn=conn, claims=claims, endpoint=endpoint)
     allowed = protocol.ENDPOINT_COMMANDS[endpoint]

@@ -26,8 +26,8 @@ def _run_server(settings: Settings) -> None:
     configure_logging(settings)
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
-        ws="websockets-sansio", ws_max_size=settings.max_frame_bytes, ws_ping_interval=20,
-        ws_ping_timeout=20, lifespan="on", timeout_graceful_shutdown=int(settings.drain_s),
+        ws="websockets-sansio", ws_max_size=settings.max_frame_bytes, ws_ping_interval=settings.ws_ping_interval_s or None,
+        ws_ping_timeout=settings.ws_ping_interval_s or None, lifespan="on", timeout_graceful_shutdown=int(settings.drain_s),
         timeout_keep_alive=5, log_level=settings.log_level, access_log=False, proxy_headers=True,
         limit_concurrency=settings.max_connections + 1000, backlog=4096)
     server = uvicorn.Server(config)

@@ -7,19 +7,19 @@ PostgreSQL is the record (deals, orders, product stock). The rules:
 - confirm = Redis "confirming" lease -> PG order (unique on reservation id,
   guarded by `sold <= quantity`) -> Redis "sold";
 - unsold units go back to stock once, in one PG statement guarded by `settled`;
-- if Redis loses a deal, it is rebuilt from PG: remaining = quantity - sold.
-  Holds Redis forgot are void (undersell for at most one TTL, never oversell).
+- if Redis loses a deal, it is rebuilt from PG: remaining = quantity - sold,
+  per-user counts = units each user bought. Holds Redis forgot are void
+  (undersell for at most one TTL, never oversell).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -40,6 +40,7 @@ from livecore.errors import (
     ShowEnded,
     SoldOut,
     Unavailable,
+    ValidationFailed,
 )
 from livecore.ids import new_id, now_ms
 from livecore.keys import Keys
@@ -53,13 +54,20 @@ CONFIRM_LEASE_MS = 60_000
 DEAL_KEY_TTL_S = 2 * 86_400  # deal keys (and their idempotency keys) outlive the deal by ≥ 24 h
 CLAIM_ERRORS: dict[str, type[LiveCoreError]] = {
     "sold_out": SoldOut, "deal_not_live": DealNotLive, "limit_reached": LimitReached,
-    "idempotency_mismatch": IdempotencyMismatch,
+    "idempotency_mismatch": IdempotencyMismatch, "invalid_qty": ValidationFailed,
 }
+STATIC_CACHE_MAX = 10_000
+# PostgreSQL errors after which we cannot know whether the order committed.
+PG_UNCERTAIN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
 DEAL_COLS = ("id, show_id, product_id, price_cents, currency, quantity, per_user_limit, hold_ttl_s,"
              " starts_at, ends_at, status, end_reason, sold, settled")
 
 
 def deal_dict(row: asyncpg.Record, remaining: int | None = None) -> dict[str, Any]:
+    # Redis' remaining may dip below zero for a moment while it repairs a
+    # count after data loss (see lc_confirm_finish); viewers never see that.
+    if remaining is not None:
+        remaining = max(0, remaining)
     return {
         "id": row["id"], "show_id": row["show_id"], "product_id": row["product_id"],
         "price_cents": row["price_cents"], "currency": row["currency"],
@@ -94,6 +102,11 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
+def is_redis_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError | ConnectionError | TimeoutError) or \
+        type(exc).__module__.startswith("redis")
+
+
 @dataclass
 class _Claim:
     deal_id: str
@@ -111,6 +124,9 @@ class ClaimBatcher:
     window_s: float
     pending: list[_Claim] = field(default_factory=list)
     scheduled: bool = False
+    # The event loop keeps only weak references to tasks: without these a
+    # batch in flight could be collected and its claimers would wait forever.
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
 
     def submit(self, deal_id: str, args: list[Any]) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
@@ -126,7 +142,9 @@ class ClaimBatcher:
 
     def _flush(self) -> None:
         batch, self.pending, self.scheduled = self.pending, [], False
-        asyncio.ensure_future(self._send(batch))
+        task = asyncio.ensure_future(self._send(batch))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
 
     async def _send(self, batch: list[_Claim]) -> None:
         try:
@@ -158,6 +176,8 @@ class DealEngine:
         self.batcher = ClaimBatcher(fns, keys, claim_window_ms / 1000)
         self._remaining_push: dict[str, int] = {}
         self._push_tasks: dict[str, asyncio.Task[None]] = {}
+        self._static: dict[str, dict[str, Any]] = {}
+        self._static_loading: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     # ---- launch / read --------------------------------------------------
 
@@ -189,12 +209,15 @@ class DealEngine:
             except asyncpg.UniqueViolationError:
                 raise DealAlreadyLive() from None
         assert row is not None
-        await self._init_redis(row, rebuilt=False)
+        await self._init_redis(row, [], rebuilt=False)
         deal = deal_dict(row)
         await self.bus.publish(show_id, "deal.started", {"deal": public_deal(deal)})
         return deal
 
-    async def _init_redis(self, row: asyncpg.Record, *, rebuilt: bool) -> None:
+    async def _init_redis(self, row: asyncpg.Record, bought: list[asyncpg.Record], *,
+                          rebuilt: bool) -> None:
+        """Create the deal's Redis state unless it exists. `bought` = units per
+        user from PG orders, so the per-user limit survives Redis data loss."""
         now = now_ms()
         live = row["status"] == "live" and now < row["ends_at"]
         fields: dict[str, Any] = {
@@ -206,11 +229,16 @@ class DealEngine:
             "show_id": row["show_id"], "product_id": row["product_id"],
             "starts_at": row["starts_at"], "ends_at": row["ends_at"],
             "hold_ttl_ms": row["hold_ttl_s"] * 1000, "rebuilt": int(rebuilt),
+            # The PG snapshot `sold` was read from: lc_confirm_finish uses it to
+            # tell orders the snapshot counted from orders that committed later.
+            "sold_base": row["sold"],
         }
-        args: list[Any] = []
+        args: list[Any] = [2 * len(fields)]
         for k, v in fields.items():
             args += [k, v]
-        if await self.fns.call("lc_init_deal", [self.keys.deal(row["id"], "state")], args):
+        for b in bought:
+            args += [b["user_id"], b["units"]]
+        if await self.fns.call("lc_init_deal", self.keys.deal_keys(row["id"])[:4], args):
             if rebuilt:
                 log.warning("deal %s rebuilt from PostgreSQL (remaining=%s)", row["id"], fields["remaining"])
 
@@ -221,7 +249,17 @@ class DealEngine:
         return row
 
     async def rebuild(self, deal_id: str) -> None:
-        await self._init_redis(await self._deal_row(deal_id), rebuilt=True)
+        """Recreate a deal's Redis state from PostgreSQL (no-op if it exists)."""
+        # One snapshot, so that `sold` and the per-user sums agree.
+        async with self.pool.acquire() as conn, \
+                conn.transaction(isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(f"SELECT {DEAL_COLS} FROM deals WHERE id=$1", deal_id)
+            if row is None:
+                raise NotFound("unknown deal")
+            bought = await conn.fetch(
+                "SELECT user_id, sum(qty)::int AS units FROM orders WHERE deal_id=$1"
+                " GROUP BY user_id", deal_id)
+        await self._init_redis(row, bought, rebuilt=True)
 
     async def get(self, deal_id: str) -> dict[str, Any]:
         row = await self._deal_row(deal_id)
@@ -243,6 +281,13 @@ class DealEngine:
     async def claim(self, show_id: str | None, deal_id: str, user_id: str, qty: int = 1,
                     idempotency_key: str | None = None) -> dict[str, Any]:
         """Hold `qty` units for `user_id`. Raises SoldOut, DealNotLive, LimitReached…"""
+        if qty < 1:
+            raise ValidationFailed("qty must be at least 1", field="qty")
+        # Check the show before touching Redis: a claim through the wrong show
+        # must not hold units it then refuses to hand out.
+        static = await self._deal_static(deal_id)
+        if show_id is not None and static["show_id"] != show_id:
+            raise NotFound("unknown deal")
         rid = reservation_id(deal_id)
         ikey = f"{user_id}:{idempotency_key}" if idempotency_key else ""
         fp = fingerprint(deal_id, qty) if idempotency_key else ""
@@ -250,15 +295,12 @@ class DealEngine:
         try:
             res = await self.batcher.submit(deal_id, args)
             if res[0] == "missing":
-                row = await self._deal_row(deal_id)
-                await self._init_redis(row, rebuilt=True)
+                await self.rebuild(deal_id)
                 res = await self.batcher.submit(deal_id, args)
         except LiveCoreError:
             raise
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
         except Exception as exc:
-            if type(exc).__module__.startswith("redis"):
+            if is_redis_error(exc):
                 raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
             raise
         if res[0] == "missing":
@@ -268,30 +310,39 @@ class DealEngine:
             CLAIMS.labels(code).inc()
             raise CLAIM_ERRORS.get(code, Conflict)()
         CLAIMS.labels("ok").inc()
-        _, rid, q, exp, remaining = res
-        state = await self._deal_static(deal_id)
-        if show_id is not None and state["show_id"] != show_id:
-            raise NotFound("unknown deal")
-        self._note_remaining(state["show_id"], deal_id, int(remaining))
-        return {"id": rid, "deal_id": deal_id, "qty": int(q), "price_cents": state["price_cents"],
-                "currency": state["currency"], "expires_at": int(exp), "status": "held"}
-
-    _static_cache: ClassVar[dict[str, dict[str, Any]]] = {}
+        _, rid, q, exp, remaining = res[:5]
+        if len(res) == 5:
+            # A replayed result carries the count of its time: don't push it.
+            self._note_remaining(static["show_id"], deal_id, int(remaining))
+        return {"id": rid, "deal_id": deal_id, "qty": int(q), "price_cents": static["price_cents"],
+                "currency": static["currency"], "expires_at": int(exp), "status": "held"}
 
     async def _deal_static(self, deal_id: str) -> dict[str, Any]:
-        cached = self._static_cache.get(deal_id)
-        if cached is None:
-            row = await self._deal_row(deal_id)
-            cached = {"show_id": row["show_id"], "price_cents": row["price_cents"],
-                      "currency": row["currency"]}
-            if len(self._static_cache) > 10_000:
-                self._static_cache.clear()
-            self._static_cache[deal_id] = cached
-        return cached
+        """A deal's immutable fields, cached; concurrent misses share one query
+        (a burst of claims on a cold node would otherwise drain the pool)."""
+        cached = self._static.get(deal_id)
+        if cached is not None:
+            return cached
+        loading = self._static_loading.get(deal_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_static(deal_id))
+            self._static_loading[deal_id] = loading
+            loading.add_done_callback(lambda _f: self._static_loading.pop(deal_id, None))
+        # shield: one cancelled claimer must not cancel the others' lookup.
+        return await asyncio.shield(loading)
+
+    async def _load_static(self, deal_id: str) -> dict[str, Any]:
+        row = await self._deal_row(deal_id)
+        static = {"show_id": row["show_id"], "price_cents": row["price_cents"],
+                  "currency": row["currency"]}
+        if len(self._static) >= STATIC_CACHE_MAX:
+            self._static.clear()
+        self._static[deal_id] = static
+        return static
 
     def _note_remaining(self, show_id: str, deal_id: str, remaining: int) -> None:
         """Coalesce remaining-count changes into at most ~10 volatile updates/s."""
-        self._remaining_push[deal_id] = remaining
+        self._remaining_push[deal_id] = max(0, remaining)
         if deal_id not in self._push_tasks:
             self._push_tasks[deal_id] = asyncio.ensure_future(self._push_remaining(show_id, deal_id))
 
@@ -322,7 +373,7 @@ class DealEngine:
         except LiveCoreError:
             raise
         except Exception as exc:
-            if type(exc).__module__.startswith("redis"):
+            if is_redis_error(exc):
                 raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
             raise
         if res[0] == "sold" or (res[0] == "err" and res[1] == "not_found"):
@@ -345,31 +396,43 @@ class DealEngine:
             raise ReservationNotActive()
         qty = int(res[1])
         try:
-            order = await self._record_order(rid, deal_id, user_id, qty, payment_ref)
+            order, pg_sold = await self._record_order(rid, deal_id, user_id, qty, payment_ref)
         except ReservationExpired:
             await self.fns.call("lc_expire_stuck", dkeys[:4], [rid])
             raise
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
-            with contextlib.suppress(Exception):
-                await self.fns.call("lc_confirm_abort", [dkeys[2], dkeys[3]], [rid])
+        except PG_UNCERTAIN as exc:
+            # The commit may or may not have happened, so the hold stays
+            # "confirming": a retry of this confirm finds or writes the order,
+            # and after the lease the sweeper settles it from PostgreSQL.
+            # (Putting it back to "held" could let it expire with an order.)
             raise Unavailable("order store unavailable", retry_after_ms=1000) from exc
-        _sold, _qty, ended = await self.fns.call("lc_confirm_finish", [dkeys[0], dkeys[2], dkeys[3]], [rid])
+        try:
+            _sold, _qty, ended = await self.fns.call(
+                "lc_confirm_finish", dkeys[:4], [rid, user_id, qty, pg_sold])
+        except Exception:
+            # The order is durable: answer with it. The hold stays "confirming"
+            # and the sweeper finishes it once the lease runs out.
+            log.warning("confirm of %s recorded, Redis finish deferred to the sweeper", rid,
+                        exc_info=True)
+            ended = 0
         ORDERS.inc()
         if ended:
             await self.finalize(deal_id, "sold_out")
         return order
 
     async def _record_order(self, rid: str, deal_id: str, user_id: str, qty: int,
-                            payment_ref: str) -> dict[str, Any]:
+                            payment_ref: str) -> tuple[dict[str, Any], int]:
+        """Insert the order once. Returns it with deals.sold right after our
+        insert, or 0 when another confirm of the same reservation wrote it."""
         async with self.pool.acquire() as conn:
             try:
                 async with conn.transaction():
                     existing = await conn.fetchrow("SELECT * FROM orders WHERE reservation_id=$1", rid)
                     if existing is not None:
-                        return order_dict(existing)
+                        return order_dict(existing), 0
                     deal = await conn.fetchrow(
                         "UPDATE deals SET sold = sold + $2 WHERE id=$1 AND NOT settled"
-                        " AND sold + $2 <= quantity RETURNING show_id, price_cents, currency",
+                        " AND sold + $2 <= quantity RETURNING show_id, price_cents, currency, sold",
                         deal_id, qty)
                     if deal is None:
                         raise ReservationExpired("the deal no longer has this unit")
@@ -380,17 +443,22 @@ class DealEngine:
                         new_id("o"), rid, deal_id, deal["show_id"], user_id, qty,
                         deal["price_cents"], deal["currency"], payment_ref, now_ms())
                     assert row is not None
-                    return order_dict(row)
+                    return order_dict(row), int(deal["sold"])
             except asyncpg.UniqueViolationError:
                 # A concurrent confirm of the same reservation won; ours rolled back.
                 existing = await conn.fetchrow("SELECT * FROM orders WHERE reservation_id=$1", rid)
                 assert existing is not None
-                return order_dict(existing)
+                return order_dict(existing), 0
 
     async def release(self, rid: str, user_id: str) -> None:
         deal_id = deal_of_reservation(rid)
         dkeys = self.keys.deal_keys(deal_id)
-        res = await self.fns.call("lc_release", dkeys[:4], [rid, user_id])
+        try:
+            res = await self.fns.call("lc_release", dkeys[:4], [rid, user_id])
+        except Exception as exc:
+            if is_redis_error(exc):
+                raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
+            raise
         if res[0] == "ok":
             static = await self._deal_static(deal_id)
             self._note_remaining(static["show_id"], deal_id, int(res[1]))
@@ -412,20 +480,30 @@ class DealEngine:
         row = await self._deal_row(deal_id)
         if row["show_id"] != show_id:
             raise NotFound("unknown deal")
-        state = self.keys.deal(deal_id, "state")
-        if await self.fns.call("lc_end_deal", [state], ["cancelled"]) == 0 and row["status"] == "live":
-            if not await self.redis.exists(state):
-                await self.rebuild(deal_id)
-                await self.fns.call("lc_end_deal", [state], ["cancelled"])
         if row["status"] != "live":
             raise DealNotLive("the deal has already ended")
+        state = self.keys.deal(deal_id, "state")
+        try:
+            # Redis first: from here on no claim succeeds. 0 = already ended
+            # there (sold out, time) or the state is gone (rebuild, then end).
+            if await self.fns.call("lc_end_deal", [state], ["cancelled"]) == 0 \
+                    and not await self.redis.exists(state):
+                await self.rebuild(deal_id)
+                await self.fns.call("lc_end_deal", [state], ["cancelled"])
+        except LiveCoreError:
+            raise
+        except Exception as exc:
+            if is_redis_error(exc):
+                raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
+            raise
         await self.finalize(deal_id, None)
         return await self.get(deal_id)
 
     async def finalize(self, deal_id: str, reason: str | None) -> None:
         """Record the end in PG; exactly one caller wins and announces it."""
         if reason is None:
-            reason = await self.redis.hget(self.keys.deal(deal_id, "state"), "reason") or "expired"
+            stored = await self.redis.hget(self.keys.deal(deal_id, "state"), "reason")
+            reason = str(stored) if stored else "expired"
         row = await self.pool.fetchrow(
             "UPDATE deals SET status='ended', end_reason=$2, ended_at=$3"
             " WHERE id=$1 AND status='live' RETURNING show_id, sold", deal_id, reason, now_ms())
@@ -461,8 +539,11 @@ class DealEngine:
             return
         ended_now, remaining, holds_left, expired, status = res[:5]
         for rid in res[5:]:
-            if await self._order_by_reservation(rid) is not None:
-                await self.fns.call("lc_confirm_finish", [dkeys[0], dkeys[2], dkeys[3]], [rid])
+            order = await self._order_by_reservation(rid)
+            if order is not None:
+                # The hold is still in Redis, so pg_sold (0) is not needed.
+                await self.fns.call("lc_confirm_finish", dkeys[:4],
+                                    [rid, order["user_id"], order["qty"], 0])
             else:
                 await self.fns.call("lc_expire_stuck", dkeys[:4], [rid])
         if expired and status == "live":

@@ -106,7 +106,8 @@ class Moderation:
         return bool(added)
 
     async def deleted_ids(self, show_id: str) -> set[str]:
-        return set(await self.redis.smembers(self._k(show_id, "deleted")))
+        members: Any = await self.redis.smembers(self._k(show_id, "deleted"))
+        return {str(m) for m in members}
 
     async def set_pinned_message(self, show_id: str, message: dict[str, Any] | None) -> None:
         key = self._k(show_id, "pinnedmsg")

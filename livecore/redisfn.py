@@ -31,15 +31,25 @@ class RedisFunctions:
             return await self.redis.fcall(name, len(keys), *keys, *args)
 
     async def call_many(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        """One round trip for many calls (the claim micro-batch)."""
-        for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for name, keys, args in calls:
-                pipe.fcall(name, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, ResponseError) and "Function not found" in str(r)
-                                    for r in results):
-                await self.load()
-                continue
-            return list(results)
-        raise AssertionError("unreachable")
+        """One round trip for many calls (the claim micro-batch). Errors come
+        back in place, as exception objects."""
+        results = await self._pipeline(calls)
+        missing = [i for i, r in enumerate(results) if _not_loaded(r)]
+        if missing:
+            # Only the calls that failed are sent again: the others already ran,
+            # and running a claim twice would hold its units twice.
+            await self.load()
+            again = await self._pipeline([calls[i] for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
+        return results
+
+    async def _pipeline(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.fcall(name, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def _not_loaded(result: Any) -> bool:
+    return isinstance(result, ResponseError) and "Function not found" in str(result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -23,7 +24,7 @@ from livecore.redisfn import RedisFunctions
 from livecore.settings import Settings
 
 
-def redis_client(url: str, **kwargs: object) -> Redis:
+def redis_client(url: str, **kwargs: Any) -> Redis:
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
     return Redis.from_url(url, decode_responses=True, retry=retry,
                           retry_on_error=[RedisConnectionError, RedisTimeoutError],

@@ -7,6 +7,7 @@ from this class (`python -m livecore.settings_doc`).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,7 @@ class Settings(BaseSettings):
     reactions_interval_s: float = Field(1.0, description="Aggregation window of reactions frames.")
     stats_interval_s: float = Field(1.0, description="Interval of host stats frames.")
     presence_ttl_s: float = Field(6.0, description="A node's presence entry counts this long after its last heartbeat.")
+    ws_ping_interval_s: float = Field(20.0, description="Server keepalive ping interval (0 = off); a client that does not pong in as long again is closed.")
     drain_s: float = Field(5.0, description="Graceful shutdown: seconds to drain before exit.")
 
     default_hold_ttl_s: int = Field(120, description="Default reservation hold TTL.")
@@ -56,6 +58,7 @@ class Settings(BaseSettings):
     guest_ttl_s: int = Field(3600, description="Lifetime of guest viewer tokens.")
     max_whep_sessions: int = Field(200, description="Max WHEP viewers per process (excess 503).")
     ice_servers: list[str] = Field(default_factory=list, description="STUN/TURN URLs for WebRTC.")
+    video_relay: Literal["forward", "transcode"] = Field("forward", description="WHEP relay mode: forward encoded frames (cheap) or MediaRelay transcode per viewer.")
     log_json: bool = Field(True, description="JSON structured logs.")
     log_level: str = Field("info", description="Log level.")
 

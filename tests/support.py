@@ -20,7 +20,6 @@ import orjson
 import websockets
 
 from livecore.auth import TokenService
-from livecore.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "x" * 32
@@ -52,7 +51,7 @@ class ServerProc:
 
     def start(self, timeout: float = 30) -> ServerProc:
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"livecore-test-{self.port}.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "livecore.cli", "serve", "--port", str(self.port)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -103,7 +102,7 @@ class WS:
     @classmethod
     async def open(cls, url: str, token: str | None = None, resume_from: int | None = None,
                    batch: bool = True, **hello: Any) -> WS:
-        conn = await websockets.connect(url, max_size=2**22, open_timeout=10)
+        conn = await websockets.connect(url, max_size=2**22, open_timeout=10, ping_interval=None)
         client = cls(conn)
         await client.send({"type": "hello", "token": token, "resume_from": resume_from,
                            "batch": batch, **hello})

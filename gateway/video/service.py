@@ -66,7 +66,8 @@ from livecore.settings import Settings
 log = logging.getLogger("livecore.video")
 
 IngestHook = Callable[[str, bool], Awaitable[None]]
-# How long a full client retry takes on a busy node, told to clients in Retry-After.
+# Retry-After on 503: long enough for some sessions to end, short enough that a
+# player retrying behind a spinner doesn't look broken.
 RETRY_AFTER_MS = 5000
 
 

@@ -10,8 +10,12 @@ Deal keys:  state (hash: status, reason, remaining, quantity, sold, limit,
             price_cents, currency, show_id, product_id, starts_at, ends_at,
             hold_ttl_ms), users (hash user -> units held+sold),
             holds (zset rid -> deadline ms), holddata (hash rid ->
-            "user|qty|expires_at|status"), idem (hash key -> "fp\nresult").
+            "qty|expires_at|status|user"), idem (hash key -> "fp\nresult").
 Hold status: held -> confirming -> sold, or held -> expired | released.
+
+Accounting, while a deal is live: remaining + units of held/confirming holds
++ sold == quantity. After it ends `remaining` is frozen; PostgreSQL settles
+quantity - sold back to product stock.
 ]]
 
 local function now_ms()
@@ -25,15 +29,17 @@ local function split(s)
   return out
 end
 
+-- The user id goes last and is taken verbatim: user ids come from token
+-- subjects and may contain '|', which must never shift the numeric fields.
 local function hold_get(holddata, rid)
   local raw = redis.call('HGET', holddata, rid)
   if not raw then return nil end
-  local p = split(raw)
-  return {user = p[1], qty = tonumber(p[2]), exp = tonumber(p[3]), status = p[4]}
+  local qty, exp, status, user = string.match(raw, '^(%d+)|(%d+)|(%a+)|(.*)$')
+  return {user = user, qty = tonumber(qty), exp = tonumber(exp), status = status}
 end
 
 local function hold_set(holddata, rid, h)
-  redis.call('HSET', holddata, rid, h.user .. '|' .. h.qty .. '|' .. h.exp .. '|' .. h.status)
+  redis.call('HSET', holddata, rid, h.qty .. '|' .. h.exp .. '|' .. h.status .. '|' .. h.user)
 end
 
 -- Give a hold's units back: to the deal while it is live (after the end,
@@ -50,16 +56,22 @@ end
 
 -- KEYS: state users holds holddata idem
 -- ARGV: user qty rid idem_key fingerprint
--- -> {'ok', rid, qty, expires_at, remaining} | {'err', code} | {'missing'}
+-- -> {'ok', rid, qty, expires_at, remaining} | {'err', code} | {'missing'};
+-- a replayed idempotent result carries a trailing 'replay'.
 local function claim(keys, args)
   local state, users, holds, holddata, idem = keys[1], keys[2], keys[3], keys[4], keys[5]
   local user, qty, rid, ikey, fp = args[1], tonumber(args[2]), args[3], args[4], args[5]
+  -- A zero or negative qty would hand units back to the deal: refuse it here
+  -- too, whatever the caller validated.
+  if not qty or qty < 1 or qty ~= math.floor(qty) then return {'err', 'invalid_qty'} end
   if ikey ~= '' then
     local prev = redis.call('HGET', idem, ikey)
     if prev then
       local sep = string.find(prev, '\n', 1, true)
       if string.sub(prev, 1, sep - 1) ~= fp then return {'err', 'idempotency_mismatch'} end
-      return split(string.sub(prev, sep + 1))
+      local out = split(string.sub(prev, sep + 1))
+      out[#out + 1] = 'replay'
+      return out
     end
   end
   if redis.call('EXISTS', state) == 0 then return {'missing'} end
@@ -114,37 +126,49 @@ local function confirm_begin(keys, args)
   return {'go', tostring(h.qty)}
 end
 
--- KEYS: state holds holddata ; ARGV: rid
+-- KEYS: state users holds holddata ; ARGV: rid user qty pg_sold
+-- PostgreSQL has recorded the order of `rid`; count it as sold, once.
+-- pg_sold is deals.sold right after this order's insert (0 = unknown).
 -- -> {sold, quantity, ended_now}
 local function confirm_finish(keys, args)
-  local state, holds, holddata = keys[1], keys[2], keys[3]
-  local rid = args[1]
+  local state, users, holds, holddata = keys[1], keys[2], keys[3], keys[4]
+  local rid, user, qty, pg_sold = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  -- No state: Redis lost the deal. The rebuild will read PostgreSQL, which
+  -- already has this order; writing anything here would be double counting.
+  if redis.call('EXISTS', state) == 0 then return {0, 0, 0} end
+  local live = redis.call('HGET', state, 'status') == 'live'
   local h = hold_get(holddata, rid)
+  local count = false
+  if h then
+    count = h.status ~= 'sold'
+    if h.status == 'expired' or h.status == 'released' then
+      -- The hold was given back (the confirm lease ran out while PostgreSQL
+      -- was slow) yet the order committed: take its units again.
+      redis.call('HINCRBY', users, h.user, h.qty)
+      if live then redis.call('HINCRBY', state, 'remaining', -h.qty) end
+    end
+  elseif pg_sold > tonumber(redis.call('HGET', state, 'sold_base') or '0') then
+    -- Redis lost the hold and was rebuilt from a PostgreSQL snapshot taken
+    -- before this order committed (sold only grows, so the snapshot missed
+    -- it exactly when pg_sold exceeds it): account for the units now.
+    h = {user = user, qty = qty, exp = 0, status = 'confirming'}
+    redis.call('HINCRBY', users, user, qty)
+    if live then redis.call('HINCRBY', state, 'remaining', -qty) end
+    count = true
+  end
   local ended = 0
-  if h and h.status ~= 'sold' then
+  if count then
     h.status = 'sold'
     hold_set(holddata, rid, h)
     redis.call('ZREM', holds, rid)
     local sold = redis.call('HINCRBY', state, 'sold', h.qty)
-    if sold >= tonumber(redis.call('HGET', state, 'quantity')) and redis.call('HGET', state, 'status') == 'live' then
+    if sold >= tonumber(redis.call('HGET', state, 'quantity')) and live then
       redis.call('HSET', state, 'status', 'ended', 'reason', 'sold_out', 'ended_at', now_ms())
       ended = 1
     end
   end
   local st = redis.call('HMGET', state, 'sold', 'quantity')
   return {tonumber(st[1]) or 0, tonumber(st[2]) or 0, ended}
-end
-
--- KEYS: holds holddata ; ARGV: rid  (PostgreSQL failed: back to a plain hold)
-local function confirm_abort(keys, args)
-  local h = hold_get(keys[2], args[1])
-  if h and h.status == 'confirming' then
-    h.status = 'held'
-    hold_set(keys[2], args[1], h)
-    redis.call('ZADD', keys[1], h.exp, args[1])
-    return 1
-  end
-  return 0
 end
 
 -- KEYS: state users holds holddata ; ARGV: rid user
@@ -215,11 +239,20 @@ local function end_deal(keys, args)
   return 0
 end
 
--- KEYS: state ; ARGV: field value ... -> 1 when initialised, 0 when it existed
--- (so concurrent rebuilds after Redis data loss cannot double-count).
+-- KEYS: state users holds holddata ; ARGV: n field value ... (n args), then
+-- user units ... (units sold per user, from PostgreSQL)
+-- -> 1 when initialised, 0 when it existed (so concurrent rebuilds after
+-- Redis data loss cannot double-count).
 local function init_deal(keys, args)
   if redis.call('EXISTS', keys[1]) == 1 then return 0 end
-  redis.call('HSET', keys[1], unpack(args))
+  -- Without the state, whatever is left of the other keys (partial loss,
+  -- eviction) is void: a leftover hold given back later would mint units.
+  redis.call('DEL', keys[2], keys[3], keys[4])
+  local n = tonumber(args[1])
+  redis.call('HSET', keys[1], unpack(args, 2, n + 1))
+  for i = n + 2, #args, 2 do
+    redis.call('HSET', keys[2], args[i], args[i + 1])
+  end
   return 1
 end
 
@@ -239,7 +272,6 @@ end
 redis.register_function('lc_claim', claim)
 redis.register_function('lc_confirm_begin', confirm_begin)
 redis.register_function('lc_confirm_finish', confirm_finish)
-redis.register_function('lc_confirm_abort', confirm_abort)
 redis.register_function('lc_release', release)
 redis.register_function('lc_sweep', sweep)
 redis.register_function('lc_expire_stuck', expire_stuck)

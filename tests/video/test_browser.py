@@ -89,7 +89,9 @@ async def page(_: Request) -> HTMLResponse:
     return HTMLResponse(PAGE)
 
 
-@pytest.mark.parametrize(("mode", "codec"), [("forward", "VP8"), ("forward", "H264"), ("transcode", "VP8")])
+# Transcode mode sends aiortc's own encoder output, which is aiortc's everyday
+# path; forwarding is the one that needs a browser's word for it.
+@pytest.mark.parametrize(("mode", "codec"), [("forward", "VP8"), ("forward", "H264")])
 async def test_browser_publishes_and_plays_back(mode: Any, codec: str) -> None:
     async with running_server(mode, [Route("/_smoke", page)]) as vs, playwright_api.async_playwright() as pw:
         browser = await pw.chromium.launch(

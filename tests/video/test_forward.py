@@ -11,7 +11,7 @@ import pytest
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket, RtpPacket
 
 from gateway.video import forward
 from gateway.video.forward import Fanout, is_keyframe, route_viewer_keyframe_requests
@@ -177,3 +177,26 @@ async def _settle() -> None:
     # Let PLI tasks and woken receivers run.
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+async def test_keyframe_request_reaches_the_wire_through_a_real_receiver() -> None:
+    sent: list[bytes] = []
+
+    class Transport:
+        state = "new"
+
+        async def _send_rtp(self, data: bytes) -> None:
+            sent.append(data)
+
+    receiver = RTCRtpReceiver("video", Transport())  # type: ignore[arg-type]
+    receiver._set_rtcp_ssrc(1)
+    # The receiver learns the host's SSRC from its packets.
+    await receiver._handle_rtp_packet(RtpPacket(payload_type=96, ssrc=4242), arrival_time_ms=0)
+    fan = forward.tap_receiver(receiver, "video")
+    fan.request_keyframe()
+    await _settle()
+    packets = [p for data in sent for p in RtcpPacket.parse(data)]
+    assert len(packets) == 1
+    pli = packets[0]
+    assert isinstance(pli, RtcpPsfbPacket)
+    assert (pli.fmt, pli.media_ssrc) == (RTCP_PSFB_PLI, 4242)

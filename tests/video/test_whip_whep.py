@@ -103,6 +103,7 @@ async def test_second_ingest_for_a_show_is_refused(vs: VideoServer) -> None:
     # Another show is independent.
     other = vs.client(vs.token("host", "show-3"))
     assert (await other.publish("show-3", [PatternVideoTrack(160, 120)])).status_code == 201
+    await other.wait_connected()
 
 
 async def test_whep_without_ingest_is_409_no_ingest(vs: VideoServer) -> None:
