@@ -120,7 +120,8 @@ async def chat_send(c: CommandContext, frame: dict[str, Any]) -> dict[str, Any]:
 async def _faq_rules(c: CommandContext) -> list[tuple[list[str], str]]:
     cache = c.ctx.hub.faq_cache
     entry = cache.get(c.show_id)
-    if entry is None or entry[0] < time.monotonic() - 10:
+    # Short TTL: FAQ edits made on another node show up here within 2 s.
+    if entry is None or entry[0] < time.monotonic() - 2:
         rows = await c.ctx.services.pool.fetch(
             "SELECT patterns, answer FROM faq_rules WHERE show_id=$1 ORDER BY id", c.show_id)
         entry = (time.monotonic(), [(list(r["patterns"]), r["answer"]) for r in rows])

@@ -97,6 +97,7 @@ class WS:
         self.conn = conn
         self.events: list[dict[str, Any]] = []
         self.welcome: dict[str, Any] = {}
+        self.seen: list[dict[str, Any]] = []  # every frame ever received, batches unpacked
         self._n = 0
 
     @classmethod
@@ -121,10 +122,9 @@ class WS:
         """Next frame, unpacking batches into self.events order."""
         while not self.events:
             frame = await self.recv_frame(timeout)
-            if frame.get("type") == "batch":
-                self.events.extend(frame["events"])
-            else:
-                self.events.append(frame)
+            frames = frame["events"] if frame.get("type") == "batch" else [frame]
+            self.events.extend(frames)
+            self.seen.extend(frames)
         return self.events.pop(0)
 
     async def wait_for(self, pred: Any, timeout: float = 10) -> dict[str, Any]:
