@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from typing import Annotated
@@ -102,6 +103,8 @@ def up(host: Annotated[str, typer.Option()] = "127.0.0.1",
     from livecore.embedded import EmbeddedPostgres, EmbeddedRedis
 
     started = time.monotonic()
+    # SIGTERM before uvicorn takes over the signals must still run the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = Settings().model_copy(update={"host": host, "port": port})
     owned: list[EmbeddedRedis | EmbeddedPostgres] = []
     try:

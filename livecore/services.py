@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from redis.asyncio import Redis
@@ -20,15 +20,29 @@ from livecore.db import create_pool
 from livecore.deals import DealEngine
 from livecore.keys import Keys
 from livecore.moderation import Moderation
+from livecore.redis_cluster import cluster_client, is_cluster_url
 from livecore.redisfn import RedisFunctions
 from livecore.settings import Settings
 
 
 def redis_client(url: str, **kwargs: Any) -> Redis:
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
-    return Redis.from_url(url, decode_responses=True, retry=retry,
-                          retry_on_error=[RedisConnectionError, RedisTimeoutError],
-                          health_check_interval=15, socket_connect_timeout=2, **kwargs)
+    """The one place Redis clients are made (the shared client, the gateway's
+    blocking XREAD client, CLI checks). `redis+cluster://` and
+    `rediss+cluster://` URLs give a Redis Cluster client (livecore/redis_cluster.py);
+    `max_connections` is then per cluster node. kwargs override the defaults."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 15,
+        "socket_connect_timeout": 2,
+        **kwargs,
+    }
+    if is_cluster_url(url):
+        # RedisCluster has the same command API as Redis (both are built from
+        # redis-py's command mixins), so the domain code keeps one client type.
+        return cast(Redis, cluster_client(url, **options))
+    return Redis.from_url(url, **options)
 
 
 @dataclass

@@ -38,7 +38,8 @@ const state = {
   deal: null,
   dealState: 'none',
   stats: null,
-  camera: { session: null, stream: null, state: 'off', error: '' },
+  // gen: bumped by every stop, so late answers of an older camera session are ignored.
+  camera: { session: null, stream: null, state: 'off', error: '', retrying: false, gen: 0, attempt: 0, retryTimer: null },
 };
 
 let chart;
@@ -308,8 +309,20 @@ function renderStats() {
 
 // ---------------------------------------------------------------- camera (WHIP)
 
+// Once the camera has been live, a WHIP session that dies (server restart,
+// network change) is published again with the same stream, backing off up to
+// RETRY_MAX_MS, until the host presses stop or the server refuses for good.
+const RETRY_BASE_MS = 1000;
+const RETRY_MAX_MS = 10000;
+const RETRYABLE = new Set(['network', 'ingest_active', 'unavailable', 'rate_limited', 'internal', 'timeout']);
+
+function retryable(err) {
+  if (!err || !err.code) return false; // a browser-side failure (e.g. SDP) will not heal by itself
+  return RETRYABLE.has(err.code) || err.status === 429 || err.status >= 500;
+}
+
 async function toggleCamera() {
-  if (state.camera.session || state.camera.state === 'connecting') {
+  if (state.camera.session || state.camera.stream || state.camera.state === 'connecting') {
     await stopCamera();
     return;
   }
@@ -317,30 +330,71 @@ async function toggleCamera() {
     setCamera('error', t('publish.insecure'));
     return;
   }
+  const gen = state.camera.gen;
   setCamera('connecting');
   try {
     const stream = await getCamera();
-    state.camera.stream = stream;
-    byId('host-preview').srcObject = stream;
-    const session = await publish({
-      url: `/whip/${encodeURIComponent(state.show)}`,
-      stream,
-      token: state.token,
-    });
-    if (state.camera.state !== 'connecting') {
-      session.stop(); // stopped while negotiating
+    if (gen !== state.camera.gen) {
+      for (const track of stream.getTracks()) track.stop(); // stopped while asking for the camera
       return;
     }
-    state.camera.session = session;
-    session.onended = () => {
-      stopCamera();
-      setCamera('error', t('publish.failed', { error: session.state }));
-    };
-    setCamera('live');
+    state.camera.stream = stream;
+    byId('host-preview').srcObject = stream;
+    await publishOnce(gen);
   } catch (err) {
+    if (gen !== state.camera.gen) return;
     await stopCamera();
     setCamera('error', t('publish.failed', { error: err.code ? errorText(err) : err.message || err.name }));
   }
+}
+
+/** One WHIP session for the current stream. Rejects if the server refuses it. */
+async function publishOnce(gen) {
+  const session = await publish({
+    url: `/whip/${encodeURIComponent(state.show)}`,
+    stream: state.camera.stream,
+    token: state.token,
+  });
+  if (gen !== state.camera.gen) {
+    session.stop(); // stopped while negotiating
+    return;
+  }
+  state.camera.session = session;
+  state.camera.attempt = 0;
+  session.onended = (reason) => {
+    if (gen !== state.camera.gen || state.camera.session !== session) return;
+    state.camera.session = null;
+    session.stop(); // DELETE the dead session, so the new one is not refused as a second ingest
+    republish(gen, reason);
+  };
+  setCamera('live');
+}
+
+function republish(gen, reason) {
+  const usable = state.camera.stream && state.camera.stream.getVideoTracks().some((tr) => tr.readyState === 'live');
+  if (!usable) {
+    stopCamera();
+    setCamera('error', t('publish.failed', { error: reason }));
+    return;
+  }
+  setCamera('connecting', '', true);
+  const delay = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** state.camera.attempt);
+  state.camera.attempt += 1;
+  clearTimeout(state.camera.retryTimer);
+  state.camera.retryTimer = setTimeout(async () => {
+    if (gen !== state.camera.gen) return;
+    try {
+      await publishOnce(gen);
+    } catch (err) {
+      if (gen !== state.camera.gen) return;
+      if (retryable(err)) {
+        republish(gen, err.code);
+        return;
+      }
+      await stopCamera();
+      setCamera('error', t('publish.failed', { error: err.code ? errorText(err) : err.message || err.name }));
+    }
+  }, delay);
 }
 
 async function getCamera() {
@@ -354,6 +408,9 @@ async function getCamera() {
 
 async function stopCamera() {
   const { session, stream } = state.camera;
+  state.camera.gen += 1; // pending negotiations and retries of the old camera give up
+  clearTimeout(state.camera.retryTimer);
+  state.camera.attempt = 0;
   state.camera.session = null;
   state.camera.stream = null;
   if (stream) for (const track of stream.getTracks()) track.stop();
@@ -362,21 +419,22 @@ async function stopCamera() {
   if (session) await session.stop();
 }
 
-function setCamera(cameraState, error = '') {
+function setCamera(cameraState, error = '', retrying = false) {
   state.camera.state = cameraState;
   state.camera.error = error;
+  state.camera.retrying = retrying;
   renderCamera();
 }
 
 function renderCamera() {
-  const { state: s, error } = state.camera;
+  const { state: s, error, retrying } = state.camera;
   const button = byId('publish-video');
   button.dataset.state = s;
   button.setAttribute('aria-pressed', String(s === 'live' || s === 'connecting'));
   button.textContent = t(s === 'live' || s === 'connecting' ? 'publish.stop' : 'publish.start');
   const status = byId('publish-status');
   status.dataset.state = s;
-  status.textContent = s === 'error' ? error : t(`publish.${s}`);
+  status.textContent = s === 'error' ? error : t(retrying ? 'publish.retrying' : `publish.${s}`);
 }
 
 // ---------------------------------------------------------------- wiring
