@@ -3,7 +3,8 @@
 Redis holds the hot counters (one Functions library, see lua/livecore.lua);
 PostgreSQL is the record (deals, orders, product stock). The rules:
 - launch moves units from product stock into the deal in one PG transaction;
-- claims are one atomic Redis function call, micro-batched per node;
+- claims are one atomic Redis function call, micro-batched per node
+  (ClaimBatcher; window 0 = adaptive, see docs/engine.md for the numbers);
 - confirm = Redis "confirming" lease -> PG order (unique on reservation id,
   guarded by `sold <= quantity`) -> Redis "sold";
 - unsold units go back to stock once, in one PG statement guarded by `settled`;
@@ -116,12 +117,20 @@ class _Claim:
 
 @dataclass
 class ClaimBatcher:
-    """Collects claims that arrive within `window_s` and sends them to Redis
-    in one pipeline: one round trip for many buyers."""
+    """Sends claims to Redis in pipelines: one round trip for many buyers.
+
+    window_s > 0: a claim waits up to window_s for others to join it.
+    window_s == 0: adaptive. Claims that arrive in the same event-loop pass
+      go together, and while `max_in_flight` batches are already waiting on
+      Redis, new claims queue up for the next one. Idle, a claim goes at
+      once; busy, batches grow with the load and no timer adds latency.
+    window_s < 0: no batching, one FCALL per claim (for benchmarks).
+    """
 
     fns: RedisFunctions
     keys: Keys
     window_s: float
+    max_in_flight: int = 4
     pending: list[_Claim] = field(default_factory=list)
     scheduled: bool = False
     # The event loop keeps only weak references to tasks: without these a
@@ -132,24 +141,43 @@ class ClaimBatcher:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self.pending.append(_Claim(deal_id, args, fut))
-        if not self.scheduled:
+        if self.window_s < 0:
+            self._flush()
+        elif not self.scheduled:
             self.scheduled = True
             if self.window_s > 0:
                 loop.call_later(self.window_s, self._flush)
             else:
-                loop.call_soon(self._flush)
+                loop.call_soon(self._flush_if_free)
         return fut
+
+    def _flush_if_free(self) -> None:
+        if len(self.in_flight) < self.max_in_flight:
+            self._flush()
+        # else: stay scheduled; the next batch to finish sends these (_done).
 
     def _flush(self) -> None:
         batch, self.pending, self.scheduled = self.pending, [], False
+        if not batch:
+            return
         task = asyncio.ensure_future(self._send(batch))
         self.in_flight.add(task)
-        task.add_done_callback(self.in_flight.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if self.window_s == 0 and self.scheduled:
+            self._flush_if_free()
 
     async def _send(self, batch: list[_Claim]) -> None:
         try:
-            results = await self.fns.call_many(
-                [("lc_claim", self.keys.deal_keys(c.deal_id), c.args) for c in batch])
+            if len(batch) == 1:  # a pipeline of one only adds overhead
+                c = batch[0]
+                results: list[Any] = [await self.fns.call("lc_claim", self.keys.deal_keys(c.deal_id),
+                                                          c.args)]
+            else:
+                results = await self.fns.call_many(
+                    [("lc_claim", self.keys.deal_keys(c.deal_id), c.args) for c in batch])
         except Exception as exc:
             for c in batch:
                 if not c.future.done():
@@ -166,7 +194,7 @@ class ClaimBatcher:
 
 class DealEngine:
     def __init__(self, pool: asyncpg.Pool, redis: Redis, fns: RedisFunctions, keys: Keys,
-                 bus: EventBus, *, default_hold_ttl_s: int = 120, claim_window_ms: float = 1.0) -> None:
+                 bus: EventBus, *, default_hold_ttl_s: int = 120, claim_window_ms: float = 0.0) -> None:
         self.pool = pool
         self.redis = redis
         self.fns = fns

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     default_hold_ttl_s: int = Field(120, description="Default reservation hold TTL.")
     sweep_interval_s: float = Field(0.5, description="Interval of the hold-expiry sweeper.")
     idempotency_ttl_s: int = Field(86_400, description="How long Idempotency-Key results are kept.")
-    claim_batch_window_ms: float = Field(1.0, description="Micro-batch window for claims on one node.")
+    claim_batch_window_ms: float = Field(0.0, description="Claim micro-batching on one node: 0 = adaptive (send now when Redis is idle, batch while a batch is in flight), > 0 = fixed window in ms, < 0 = off.")
 
     chat_rate_per_s: float = Field(1.0, description="Per-user chat token-bucket refill rate.")
     chat_burst: int = Field(5, description="Per-user chat token-bucket size.")
