@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import http_api
 from gateway.context import AppContext
-from gateway.errors import JSONBody, error_body, error_response
+from gateway.errors import BACKEND_DOWN, JSONBody, as_domain_error, error_body, error_response
 from gateway.hub import Hub
 from gateway.video import create_video_service
 from gateway.ws import socket_endpoint
@@ -38,6 +39,63 @@ HERE = Path(__file__).parent
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: https: http:; media-src 'self' blob:; "
             "connect-src 'self' ws: wss: http: https:; style-src 'self'; script-src 'self'; "
             "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+HEADER_TIMEOUT_S = 10.0
+
+
+def http_protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with a deadline for request headers.
+
+    uvicorn has no such deadline (timeout_keep_alive only runs between
+    requests): a client that sends its headers a byte at a time (slowloris),
+    or connects and sends nothing, holds a connection forever, and enough of
+    them exhaust the process's connections. Here each request's headers must
+    be complete within `header_timeout_s` of its first byte (or of the
+    connection); otherwise the client gets 408 and the connection is closed.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    timeout = float(getattr(settings, "header_timeout_s", HEADER_TIMEOUT_S))
+    body = b'{"error":{"code":"request_timeout","message":"request headers took too long"}}'
+    answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+              b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    class HeaderDeadlineProtocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._deadline is None:
+                self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._deadline = self.loop.call_later(timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.write(answer)
+                self.transport.close()
+
+    return HeaderDeadlineProtocol
 
 
 class BodyLimit:
@@ -117,6 +175,15 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
     return error_body(codes.get(exc.status_code, "http_error"), str(exc.detail), exc.status_code)
+
+
+async def on_backend_error(request: Request, exc: Exception) -> Response:
+    """PostgreSQL/Redis outages (503) and input PostgreSQL cannot store (400):
+    answered here, so they are neither a 500 nor re-raised into the server."""
+    mapped = as_domain_error(exc)
+    assert mapped is not None
+    log.warning("%s on %s: %s", mapped.code, request.url.path, type(exc).__name__)
+    return error_response(mapped)
 
 
 async def on_crash(request: Request, exc: Exception) -> Response:
@@ -202,6 +269,10 @@ def create_app(settings: Settings) -> Starlette:
         ctx.hub.deal_source = live_deal
         ctx.hub.stats_source = services.deals.stats
         ctx.hub.start()
+        async def ingest_changed(show_id: str, live: bool) -> None:
+            await services.bus.publish(show_id, "video.status", {"live": live})
+
+        ctx.on_ingest_change = ingest_changed
         ctx.video = create_video_service(ctx)
         video_routes.extend(ctx.video.routes)
         app.state.ctx = ctx
@@ -231,4 +302,6 @@ def create_app(settings: Settings) -> Starlette:
                                      allow_headers=["authorization", "content-type", "idempotency-key"]))
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                      exception_handlers={LiveCoreError: on_domain_error, HTTPException: on_http_error,
+                                         asyncpg.DataError: on_backend_error,
+                                         **dict.fromkeys(BACKEND_DOWN, on_backend_error),
                                          Exception: on_crash})

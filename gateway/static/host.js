@@ -39,7 +39,10 @@ const state = {
   dealState: 'none',
   stats: null,
   // gen: bumped by every stop, so late answers of an older camera session are ignored.
-  camera: { session: null, stream: null, state: 'off', error: '', retrying: false, gen: 0, attempt: 0, retryTimer: null },
+  camera: {
+    session: null, stream: null, state: 'off', error: '', retrying: false,
+    gen: 0, attempt: 0, retryTimer: null, stopping: null,
+  },
 };
 
 let chart;
@@ -143,6 +146,10 @@ function setStatus(status) {
   renderShowStatus(status);
   byId('show-start').disabled = status === 'live' || status === 'ended';
   byId('show-end').disabled = status === 'ended';
+  // The broadcast is over: free the camera (the server refuses new WHIP sessions for ended shows).
+  if (status === 'ended' && (state.camera.session || state.camera.stream || state.camera.state === 'connecting')) {
+    stopCamera();
+  }
 }
 
 function setViewers(count) {
@@ -333,6 +340,7 @@ async function toggleCamera() {
   const gen = state.camera.gen;
   setCamera('connecting');
   try {
+    await state.camera.stopping; // the last session's DELETE: else the server sees a second ingest
     const stream = await getCamera();
     if (gen !== state.camera.gen) {
       for (const track of stream.getTracks()) track.stop(); // stopped while asking for the camera
@@ -416,7 +424,10 @@ async function stopCamera() {
   if (stream) for (const track of stream.getTracks()) track.stop();
   byId('host-preview').srcObject = null;
   setCamera('off');
-  if (session) await session.stop();
+  if (session) {
+    state.camera.stopping = session.stop();
+    await state.camera.stopping;
+  }
 }
 
 function setCamera(cameraState, error = '', retrying = false) {

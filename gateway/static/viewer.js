@@ -46,6 +46,8 @@ const state = {
   buying: false,
   reservation: null,
   order: null,
+  bought: {}, // deal id → units bought by boughtBy (kept per tab, like the hold)
+  boughtBy: null,
   notice: null,
   lastReactionAt: 0,
   tokenRefreshedAt: 0,
@@ -146,6 +148,7 @@ function connect() {
 
 function onWelcome(w) {
   state.user = w.user || null;
+  loadBought();
   const title = (w.show && w.show.title) || state.show;
   byId('show-title').textContent = title;
   document.title = `${title} · LiveCore`;
@@ -186,6 +189,7 @@ function setShowStatus(status) {
   state.status = status;
   renderShowStatus(status);
   if (status === 'live' && !wasLive) startVideo(true);
+  if (status === 'ended') endVideo();
 }
 
 function setViewers(count) {
@@ -373,11 +377,41 @@ function renderDeal() {
   if (!state.token) label = 'deal.login_to_buy';
   else if (state.buying) label = 'deal.reserving';
   else if (state.reservation && state.reservation.deal_id === deal.id) label = 'deal.reserved';
+  else if (state.dealState === 'live' && limitReached(deal)) label = 'deal.limit_reached';
   else if (state.dealState === 'live') enabled = true;
   else label = `deal.${state.dealState}`;
   button.disabled = !enabled;
   button.dataset.state = enabled ? 'ready' : label.slice(5);
   button.textContent = t(label);
+}
+
+/** True once this viewer holds the deal's per-user limit in orders: "Buy now" would only be refused. */
+function limitReached(deal) {
+  const limit = Number(deal.per_user_limit);
+  return Number.isFinite(limit) && limit > 0 && (state.bought[deal.id] || 0) >= limit;
+}
+
+function noteBought(dealId, units) {
+  state.bought[dealId] = units;
+  try {
+    sessionStorage.setItem(boughtKey(), JSON.stringify({ user: state.boughtBy, deals: state.bought }));
+  } catch {
+    /* storage disabled */
+  }
+}
+
+/** On (re)join: purchases belong to one user; a new guest identity starts with none. */
+function loadBought() {
+  const user = state.user ? state.user.id : null;
+  if (user === state.boughtBy) return;
+  let saved = null;
+  try {
+    saved = JSON.parse(sessionStorage.getItem(boughtKey()) || 'null');
+  } catch {
+    saved = null;
+  }
+  state.boughtBy = user;
+  state.bought = saved && user && saved.user === user && saved.deals ? saved.deals : {};
 }
 
 function renderPrices() {
@@ -429,6 +463,9 @@ async function buy() {
         state.dealState = 'sold_out';
         deal.remaining = 0;
       } else if (err.code === 'deal_not_live') state.dealState = 'expired';
+      else if (err.code === 'limit_reached' && Number.isFinite(Number(deal.per_user_limit))) {
+        noteBought(deal.id, Number(deal.per_user_limit));
+      }
     }
     byId('buy-error').textContent = errorText(err);
   } finally {
@@ -438,6 +475,7 @@ async function buy() {
 }
 
 const reservationKey = () => `livecore:viewer:${state.show}:reservation`;
+const boughtKey = () => `livecore:viewer:${state.show}:bought`;
 
 function showReservation(reservation) {
   state.reservation = reservation;
@@ -526,6 +564,7 @@ async function releaseReservation() {
 
 function showOrder(order) {
   state.order = order;
+  if (order.deal_id) noteBought(order.deal_id, (state.bought[order.deal_id] || 0) + (Number(order.qty) || 1));
   byId('order-id').textContent = order.id;
   const box = byId('order-confirmation');
   box.dataset.orderId = order.id;
@@ -564,6 +603,11 @@ async function startVideo(now = false) {
       video: node,
       token: state.token,
     });
+    if (state.status === 'ended') {
+      session.stop(); // the show ended while we were connecting
+      endVideo();
+      return;
+    }
     player.session = session;
     player.attempt = 0;
     player.lastProgressAt = Date.now();
@@ -596,6 +640,22 @@ function restartVideo() {
   byId('video-waiting').hidden = false;
   byId('video-unmute').hidden = true;
   scheduleVideo();
+}
+
+/** The show is over: stop playing and retrying, and say so where the video was. */
+function endVideo() {
+  clearTimeout(player.retryTimer);
+  const session = player.session;
+  player.session = null;
+  if (session) session.stop();
+  const node = byId('video');
+  node.srcObject = null;
+  node.dataset.state = 'idle';
+  byId('video-unmute').hidden = true;
+  const note = byId('video-waiting');
+  note.dataset.i18n = 'video.ended'; // applyI18n re-translates it on a language switch
+  note.textContent = t('video.ended');
+  note.hidden = false;
 }
 
 /** A session whose frames stop for 10 s is restarted (the host may have re-published). */
