@@ -4,10 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
+import redis.exceptions
 from starlette.responses import Response
 
-from livecore.errors import LiveCoreError, RateLimited, Unavailable
+from livecore.errors import BadRequest, LiveCoreError, RateLimited, Unavailable
+
+# Failures of the backing services that are outages, not bugs: they answer
+# 503 `unavailable` (HTTP) or an `unavailable` error frame, never `internal`.
+BACKEND_DOWN: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+BACKEND_RETRY_MS = 1000
+
+
+def as_domain_error(exc: BaseException) -> LiveCoreError | None:
+    """The protocol error for an exception the domain let through, or None for a bug."""
+    if isinstance(exc, LiveCoreError):
+        return exc
+    if isinstance(exc, asyncpg.DataError):
+        # e.g. a NUL character in an id: PostgreSQL cannot even compare it.
+        return BadRequest("the request contains characters that are not allowed")
+    if isinstance(exc, BACKEND_DOWN):
+        return Unavailable(retry_after_ms=BACKEND_RETRY_MS)
+    return None
 
 
 class JSONBody(Response):

@@ -13,7 +13,7 @@ from gateway.context import AppContext
 from gateway.errors import JSONBody
 from gateway.http_auth import require_claims
 from livecore.auth import Claims
-from livecore.deals import fingerprint, public_deal
+from livecore.deals import deal_of_reservation, fingerprint, public_deal
 from livecore.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 from livecore.ids import new_id
 from livecore.models import ClaimIn, ConfirmIn, DealIn, FaqIn, ProductIn, ShowIn, TokenIn, parse
@@ -54,6 +54,11 @@ async def create_token(request: Request) -> Response:
     if c.role != "admin":
         raise Forbidden("only admins mint tokens")
     data = parse(TokenIn, await json_body(request))
+    if data.show == "*" and data.role != "admin":
+        raise ValidationFailed("only admin tokens may span shows (show \"*\")", field="show")
+    if not c.can_act_on(data.show):
+        # An admin token scoped to one show mints for that show only, never "*".
+        raise Forbidden("token is for another show")
     token, expires_at = ctx.tokens.mint(sub=data.sub, name=data.name, role=data.role,
                                         show=data.show, ttl_s=data.ttl_s)
     return JSONBody({"token": token, "expires_at": expires_at}, status_code=201)
@@ -165,9 +170,23 @@ async def claim_deal(request: Request) -> Response:
     return JSONBody(reservation, status_code=201)
 
 
-async def confirm_reservation(request: Request) -> Response:
+async def reservation_claims(request: Request) -> Claims:
+    """The caller's token, which must be for the show the reservation's deal is
+    in (the engine then checks that the caller holds the reservation)."""
     ctx = ctx_of(request)
     c = claims(request)
+    deal_id = deal_of_reservation(request.path_params["reservation"])
+    if c.show != "*":
+        # The deal's show, cached per node: the same lookup a claim makes.
+        static = await ctx.services.deals._deal_static(deal_id)
+        if not c.can_act_on(static["show_id"]):
+            raise Forbidden("token is for another show")
+    return c
+
+
+async def confirm_reservation(request: Request) -> Response:
+    ctx = ctx_of(request)
+    c = await reservation_claims(request)
     data = parse(ConfirmIn, await json_body(request))
     order = await ctx.services.deals.confirm(request.path_params["reservation"], c.sub, data.payment_ref)
     return JSONBody(order, status_code=201)
@@ -175,7 +194,7 @@ async def confirm_reservation(request: Request) -> Response:
 
 async def release_reservation(request: Request) -> Response:
     ctx = ctx_of(request)
-    c = claims(request)
+    c = await reservation_claims(request)
     await ctx.services.deals.release(request.path_params["reservation"], c.sub)
     return Response(status_code=204)
 

@@ -7,12 +7,15 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
+import asyncpg
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.context import AppContext
+from gateway.errors import as_domain_error
 from gateway.hub import Conn
 from gateway.session_commands import CommandContext, run_command
 from livecore import protocol
@@ -52,19 +55,73 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
         await ws.close(code, reason)
 
 
+class Admission:
+    """This process's sockets, counted from accept on (a socket that has not
+    said hello yet holds a task and buffers too), in total and per client IP
+    (the proxy-forwarded address when uvicorn trusts the proxy)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_ip: Counter[str] = Counter()
+
+    def enter(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
+        """Count the socket in, or return why it is refused."""
+        if self.total >= max_total:
+            return "server full, try another node"
+        if self.by_ip[ip] >= max_per_ip:
+            return "too many connections from your address"
+        self.total += 1
+        self.by_ip[ip] += 1
+        return None
+
+    def leave(self, ip: str) -> None:
+        self.total -= 1
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]
+
+
+def admission_of(ctx: AppContext) -> Admission:
+    admission = ctx.extras.get("admission")
+    if admission is None:
+        admission = ctx.extras["admission"] = Admission()
+    assert isinstance(admission, Admission)
+    return admission
+
+
 async def socket_endpoint(ws: WebSocket) -> None:
     ctx: AppContext = ws.app.state.ctx
     endpoint = ws.path_params["role"]
-    show_id = ws.path_params["show"]
     await ws.accept()
     if endpoint not in ENDPOINT_ROLES:
         await _close(ws, 4404, "unknown endpoint")
         return
-    if ctx.hub.conn_count >= ctx.settings.max_connections:
-        await _close(ws, 1013, "server full, try another node")
+    settings = ctx.settings
+    ip = ws.client.host if ws.client else "unknown"
+    admission = admission_of(ctx)
+    refused = admission.enter(ip, settings.max_connections, settings.max_connections_per_ip)
+    if refused is not None:
+        await _close(ws, 1013, refused)
         return
+    try:
+        await _handshake(ctx, ws, endpoint)
+    except Exception as exc:
+        mapped = as_domain_error(exc)
+        if mapped is None:
+            raise
+        # PostgreSQL or Redis is down while we build the welcome: come back later.
+        log.warning("socket handshake failed: %s (%s)", mapped.code, type(exc).__name__)
+        await _close(ws, 1013, "service unavailable, retry shortly")
+    finally:
+        admission.leave(ip)
+
+
+async def _handshake(ctx: AppContext, ws: WebSocket, endpoint: str) -> None:
+    show_id = ws.path_params["show"]
     settings = ctx.settings
     deadline = time.monotonic() + settings.hello_timeout_s
+    # Frames before hello are all mistakes: a client gets `frame_burst` of them.
+    bucket = TokenBucket(settings.frame_rate_per_s, settings.frame_burst)
     hello: tuple[str | None, int | None, bool] | None = None
     try:
         while hello is None:
@@ -75,6 +132,9 @@ async def socket_endpoint(ws: WebSocket) -> None:
             try:
                 hello = protocol.parse_hello(protocol.parse_frame(raw))
             except BadRequest as exc:
+                if bucket.take(time.monotonic()) > 0:
+                    await _close(ws, 4429, "flooding")
+                    return
                 await ws.send_text(error_frame(exc, None))
     except TimeoutError:
         await _close(ws, 4408, "no hello in time")
@@ -92,16 +152,16 @@ async def socket_endpoint(ws: WebSocket) -> None:
     elif endpoint != "viewer":
         await _close(ws, 4401, "a token is required on this endpoint")
         return
-    show = await ctx.shows.get(show_id)
+    try:
+        show = await ctx.shows.get(show_id)
+    except asyncpg.DataError:
+        show = None  # an id PostgreSQL cannot even store names no show
     if show is None:
         await _close(ws, 4404, "unknown show")
         return
     if claims is not None and (claims.role not in ENDPOINT_ROLES[endpoint] or not claims.can_act_on(show_id)):
         await _close(ws, 4403, "wrong role or show for this endpoint")
         return
-    role = claims.role if claims else "viewer"
-    if endpoint == "viewer" and role != "viewer":
-        role = "viewer" if claims is None else claims.role
     conn = Conn(show_id, endpoint if endpoint != "viewer" else "viewer",
                 claims.sub if claims else None, ws.send_text, ws.close, settings.send_queue_max, batch_ok)
     if endpoint != "viewer":
@@ -211,7 +271,13 @@ async def _read_frames(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claim
                           if reply.get("type") is None else orjson.dumps({**reply, "re": rid}).decode())
         except LiveCoreError as exc:
             conn.push(error_frame(exc, rid))
-        except Exception:
+        except Exception as exc:
+            mapped = as_domain_error(exc)
+            if mapped is not None:
+                # An outage (unavailable, retry) or input PostgreSQL refuses (bad_request).
+                log.warning("command %s failed: %s (%s)", rid, mapped.code, type(exc).__name__)
+                conn.push(error_frame(mapped, rid))
+                continue
             log.exception("command failed")
             conn.push(orjson.dumps({"type": "error", "re": rid, "code": "internal",
                                     "message": "internal error"}).decode())

@@ -21,12 +21,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def _run_server(settings: Settings) -> None:
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import create_app, http_protocol
     from gateway.logs import configure_logging
 
     configure_logging(settings)
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
+        create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
         ws="websockets-sansio", ws_max_size=settings.max_frame_bytes, ws_ping_interval=settings.ws_ping_interval_s or None,
         ws_ping_timeout=settings.ws_ping_interval_s or None, lifespan="on", timeout_graceful_shutdown=int(settings.drain_s),
         timeout_keep_alive=5, log_level=settings.log_level, access_log=False, proxy_headers=True,
