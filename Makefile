@@ -46,7 +46,7 @@ load: $(STAMP)
 	$(PY) -m loadtests --scenario $(SCENARIO) --users $(USERS) $(ARGS)
 
 docs: $(STAMP)
-	$(PY) -m gateway.docs_gen
+	$(PY) -m livecore.settings_doc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports

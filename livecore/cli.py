@@ -39,9 +39,10 @@ def _run_server(settings: Settings) -> None:
 
 async def _check_backends(settings: Settings) -> None:
     import asyncpg
-    from redis.asyncio import Redis
 
-    redis = Redis.from_url(settings.redis_url or "", socket_connect_timeout=3)
+    from livecore.services import redis_client
+
+    redis = redis_client(settings.redis_url or "", socket_connect_timeout=3)
     try:
         await redis.ping()
     except Exception as exc:
