@@ -207,7 +207,8 @@ class NaiveServer(ServerUnderTest):
 class Clients:
     """The client processes and the pipes that drive them."""
 
-    def __init__(self, n_procs: int, viewers: int, url: str, deflate: bool, concurrency: int) -> None:
+    def __init__(self, n_procs: int, viewers: int, url: str, deflate: bool, concurrency: int,
+                 connect_timeout: float) -> None:
         ctx = mp.get_context("spawn")
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
@@ -216,6 +217,7 @@ class Clients:
             n = viewers // n_procs + (1 if k < viewers % n_procs else 0)
             # Own loopback source addresses per process and run: 28k ephemeral ports each.
             cfg = {"url": url, "n": n, "deflate": deflate, "concurrency": concurrency,
+                   "connect_timeout": connect_timeout,
                    "src_ips": [f"127.{base}.{k + 1}.{j}" for j in range(1, 9)], "per_ip": 15_000}
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
@@ -310,11 +312,12 @@ async def run_one(kind: str, args: argparse.Namespace, backends: dict[str, Any])
                     acks[frame["re"]] = (now - sent_at[frame["re"]]) * 1000
 
         drain_task = asyncio.ensure_future(drain_host())
-        clients = Clients(args.procs, args.viewers, server.viewer_url(), not args.no_deflate, args.concurrency)
+        clients = Clients(args.procs, args.viewers, server.viewer_url(), not args.no_deflate, args.concurrency,
+                          args.connect_timeout)
         await clients.ask(None, 60)  # ready
         await asyncio.sleep(1)
         rss_base = sp.memory_info().rss
-        replies = await clients.ask(("connect",), 600)
+        replies = await clients.ask(("connect",), args.connect_timeout + 120)
         res.connected = sum(r[1] for r in replies)
         res.connect_failed = sum(r[2] for r in replies)
         res.connect_s = max(r[3] for r in replies)
@@ -542,6 +545,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-deflate", action="store_true",
                         help="clients don't offer permessage-deflate (browsers do; default offers it)")
     parser.add_argument("--concurrency", type=int, default=200, help="connects in flight per client process")
+    parser.add_argument("--connect-timeout", type=float, default=300.0, metavar="S",
+                        help="stop opening viewers after S s and measure those that got in")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds idle before measuring RSS")
     parser.add_argument("--max-drain", type=float, default=15.0, help="max seconds to wait for late chat")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",

@@ -193,9 +193,14 @@ class Worker:
         started = time.monotonic()
         failures: Counter[str] = Counter()
 
+        deadline = started + cfg.get("connect_timeout", 300.0)
+
         async def one(i: int) -> bool:
             async with sem:
                 for attempt in range(4):
+                    if time.monotonic() > deadline:
+                        failures["gave up: --connect-timeout reached"] += 1
+                        return False
                     fut: asyncio.Future[None] = loop.create_future()
                     viewer = Viewer(self.st, uri, cfg["deflate"], fut)
                     try:

@@ -441,8 +441,9 @@ class Hub:
     def note_claim(self, show_id: str) -> None:
         spawn(self._bump_stats(show_id, "claims", 1))
 
-    async def note_chat(self, show_id: str) -> None:
-        await self._bump_stats(show_id, "chat", 1)
+    def note_chat(self, show_id: str) -> None:
+        # Not awaited: the sender's ack must not wait behind a stats write.
+        spawn(self._bump_stats(show_id, "chat", 1))
 
     async def _bump_stats(self, show_id: str, field_: str, n: int) -> None:
         bucket = int(time.time() // 10)

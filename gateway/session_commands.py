@@ -7,6 +7,7 @@ and become `error` frames in gateway/ws.py.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from livecore.ids import new_id, now_ms
 from livecore.models import DealIn, parse
 from livecore.ratelimit import TokenBucket
 
+log = logging.getLogger("gateway.session_commands")
 BOT = {"id": "bot", "name": "LiveCore Assistant"}
 PRICE_PATTERNS = re.compile(r"(\bprice\b|how much|\bcost\b|كم السعر|بكم|السعر|كم سعر)", re.IGNORECASE)
 
@@ -112,8 +114,13 @@ async def chat_send(c: CommandContext, frame: dict[str, Any]) -> dict[str, Any]:
         return {"message_id": message["id"], "held": True}
     await mod.remember(c.show_id, message)
     await c.ctx.services.bus.publish(c.show_id, "chat.message", {"message": message})
-    await c.ctx.hub.note_chat(c.show_id)
-    await _maybe_auto_reply(c, text)
+    c.ctx.hub.note_chat(c.show_id)
+    try:
+        await _maybe_auto_reply(c, text)
+    except Exception:
+        # The message is out: a failed bot reply (PostgreSQL or Redis away) must
+        # not turn its ack into an error, which the client would retry: twice posted.
+        log.warning("auto-reply in show %s failed", c.show_id, exc_info=True)
     return {"message_id": message["id"]}
 
 

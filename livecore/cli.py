@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -27,11 +28,17 @@ def _run_server(settings: Settings) -> None:
     configure_logging(settings)
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
-        ws="websockets-sansio", ws_max_size=settings.max_frame_bytes, ws_ping_interval=settings.ws_ping_interval_s or None,
+        ws="websockets-sansio", ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=settings.ws_deflate, ws_ping_interval=settings.ws_ping_interval_s or None,
         ws_ping_timeout=settings.ws_ping_interval_s or None, lifespan="on", timeout_graceful_shutdown=int(settings.drain_s),
         timeout_keep_alive=5, log_level=settings.log_level, access_log=False, proxy_headers=True,
         limit_concurrency=settings.max_connections + 1000, backlog=4096)
     server = uvicorn.Server(config)
+    # Fanout allocates a waiter per viewer per frame; default GC thresholds turned that into
+    # ~1 s full collections every few seconds at 10k viewers (docs/fanout.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
     server.run()
     if not server.started:
         sys.exit(3)
