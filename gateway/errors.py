@@ -13,10 +13,14 @@ from livecore.errors import BadRequest, LiveCoreError, RateLimited, Unavailable
 
 # Failures of the backing services that are outages, not bugs: they answer
 # 503 `unavailable` (HTTP) or an `unavailable` error frame, never `internal`.
+# (asyncpg raises InternalClientError "another operation is in progress" on a
+# pooled connection the server terminated; OperatorInterventionError is
+# "terminating connection due to administrator command" on a fast shutdown.)
 BACKEND_DOWN: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
-    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    asyncpg.InternalClientError, asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError, redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError)
 BACKEND_RETRY_MS = 1000
 
 

@@ -247,12 +247,19 @@ class Hub:
     async def _read_loop(self, ch: ShowChannel) -> None:
         ev, staff, vol = self.bus.stream_keys(ch.show_id)
         backoff = 0.1
+        recovering = False
         while True:
             try:
                 if not ch.ready.is_set():
                     await self._init_channel(ch, ev, staff, vol)
                     ch.ready.set()
                     backoff = 0.1
+                elif recovering:
+                    # Redis is answering again; it may have lost its data. Put the
+                    # seq floor back before anything else, so that the window in which
+                    # a node without this show's floor re-issues old seqs stays short.
+                    await self._check_seq_reset(ch)
+                    recovering, backoff = False, 0.1
                 resp: Any = await self.blocking.xread(
                     {ev: ch.last_ids[ev], staff: ch.last_ids[staff], vol: ch.last_ids[vol]},
                     block=2000, count=500)
@@ -275,9 +282,10 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning("show %s reader failed; retrying", ch.show_id, exc_info=True)
+                log.warning("show %s reader failed; retrying", ch.show_id, exc_info=not recovering)
+                recovering = True
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 1.0)
 
     async def _init_channel(self, ch: ShowChannel, ev: str, staff: str, vol: str) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -72,7 +72,9 @@ def configure_logging(settings: Settings) -> None:
     handler.addFilter(MaskTokens())
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(settings.log_level.upper())
+    level = settings.log_level.upper()
+    # uvicorn's "trace" (5) is below DEBUG; logging itself does not know the name.
+    root.setLevel(5 if level == "TRACE" else level)
     # uvicorn configures its loggers (and handlers) after us; logger filters
     # survive that, and these loggers log the socket URLs and frame dumps.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "websockets"):
