@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import http_api
+from gateway import http_analytics, http_api
 from gateway.context import AppContext
 from gateway.errors import BACKEND_DOWN, JSONBody, as_domain_error, error_body, error_response
 from gateway.hub import Hub
@@ -277,11 +277,15 @@ def create_app(settings: Settings) -> Starlette:
         video_routes.extend(ctx.video.routes)
         app.state.ctx = ctx
         sweeper = asyncio.ensure_future(_sweeper(ctx))
+        background = http_analytics.start_background(ctx)
         try:
             yield
         finally:
             sweeper.cancel()
             await ctx.hub.stop(1012)
+            # After the sockets are gone: their leaves are in the last analytics flush.
+            with contextlib.suppress(Exception):
+                await background.stop()
             with contextlib.suppress(Exception):
                 await ctx.video.aclose()
             await blocking.aclose()
@@ -290,6 +294,7 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         *http_api.routes,
+        *http_analytics.routes,
         WebSocketRoute("/ws/{role}/{show}", socket_endpoint),
         LazyRoutes(video_routes),
         Mount("/static", app=StaticFiles(directory=HERE / "static", check_dir=False), name="static"),

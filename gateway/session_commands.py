@@ -19,6 +19,7 @@ import orjson
 from gateway.context import AppContext
 from gateway.hub import Conn
 from livecore import protocol
+from livecore.analytics import RECORDER
 from livecore.auth import Claims
 from livecore.currencies import EXPONENT
 from livecore.deals import public_deal
@@ -115,6 +116,7 @@ async def chat_send(c: CommandContext, frame: dict[str, Any]) -> dict[str, Any]:
     await mod.remember(c.show_id, message)
     await c.ctx.services.bus.publish(c.show_id, "chat.message", {"message": message})
     c.ctx.hub.note_chat(c.show_id)
+    RECORDER.count(c.show_id, "chat")
     try:
         await _maybe_auto_reply(c, text)
     except Exception:
@@ -175,6 +177,7 @@ async def _maybe_auto_reply(c: CommandContext, text: str) -> None:
 @command("react")
 async def react(c: CommandContext, frame: dict[str, Any]) -> None:
     c.ctx.hub.react(c.show_id, protocol.emoji(frame))
+    RECORDER.count(c.show_id, "reactions")
     return None
 
 
@@ -224,6 +227,7 @@ async def product_pin(c: CommandContext, frame: dict[str, Any]) -> dict[str, Any
     product_id = protocol.req_str(frame, "product_id", max_len=64)
     product = await c.ctx.shows.pin(c.show_id, product_id)
     await c.ctx.services.bus.publish(c.show_id, "product.pinned", {"product": product})
+    RECORDER.count(c.show_id, "pins", dim=product_id)
     return {"product": product}
 
 
@@ -357,6 +361,7 @@ async def chat_approve(c: CommandContext, frame: dict[str, Any]) -> dict[str, An
     await mod.remember(c.show_id, message)
     await _audit(c, "chat.approve", message_id)
     await c.ctx.services.bus.publish(c.show_id, "chat.message", {"message": message})
+    RECORDER.count(c.show_id, "chat")
     return {"message_id": message_id}
 
 

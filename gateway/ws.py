@@ -19,6 +19,7 @@ from gateway.errors import as_domain_error
 from gateway.hub import Conn
 from gateway.session_commands import CommandContext, run_command
 from livecore import protocol
+from livecore.analytics import RECORDER
 from livecore.auth import Claims
 from livecore.deals import public_deal
 from livecore.errors import BadRequest, Forbidden, LiveCoreError, RateLimited, Unauthenticated
@@ -174,6 +175,7 @@ async def _handshake(ctx: AppContext, ws: WebSocket, endpoint: str) -> None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(conn.writer), 2)
         ctx.hub.leave(conn)
+        RECORDER.viewer_left(id(conn))
 
 
 async def _session(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claims | None,
@@ -181,6 +183,7 @@ async def _session(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claims | 
     hub = ctx.hub
     services = ctx.services
     channel = await hub.join(conn)
+    RECORDER.viewer_joined(conn.show_id, id(conn), conn.user_id, conn.role)
     seq = channel.last_seq
     deal = await services.deals.live_deal(conn.show_id)
     welcome: dict[str, Any] = {

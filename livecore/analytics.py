@@ -81,7 +81,8 @@ class EventRecorder:
         self.enabled = False
         self.node_id = ""
         self.pool: asyncpg.Pool | None = None
-        self.settings = AnalyticsSettings()
+        # Defaults until start(): importing this module never reads the environment.
+        self.settings = AnalyticsSettings.model_construct()
         self._counts: dict[CounterKey, int] = {}
         self._open: dict[int, _Session] = {}
         self._new: list[_Session] = []

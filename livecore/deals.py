@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
+from livecore.analytics import RECORDER
 from livecore.bus import EventBus
 from livecore.errors import (
     Conflict,
@@ -336,12 +337,15 @@ class DealEngine:
         if res[0] == "err":
             code = str(res[1])
             CLAIMS.labels(code).inc()
+            RECORDER.count(static["show_id"], f"claims.{code}", dim=deal_id)
             raise CLAIM_ERRORS.get(code, Conflict)()
         CLAIMS.labels("ok").inc()
         _, rid, q, exp, remaining = res[:5]
         if len(res) == 5:
-            # A replayed result carries the count of its time: don't push it.
+            # A replayed result carries the count of its time: don't push it
+            # (nor count it as a new claim).
             self._note_remaining(static["show_id"], deal_id, int(remaining))
+            RECORDER.count(static["show_id"], "claims.ok", dim=deal_id)
         return {"id": rid, "deal_id": deal_id, "qty": int(q), "price_cents": static["price_cents"],
                 "currency": static["currency"], "expires_at": int(exp), "status": "held"}
 

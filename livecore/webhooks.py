@@ -65,6 +65,7 @@ USER_AGENT = "LiveCore-Webhooks/1"
 MAX_URL = 2048
 RESPONSE_EXCERPT = 256
 PRUNE_EVERY_S = 600
+MAX_CLIENTS = 256
 PRUNE_LOCK_ID = 7_340_012
 
 ATTEMPTS = Counter("livecore_webhook_attempts_total", "Webhook delivery attempts", ["outcome"])
@@ -181,7 +182,8 @@ async def resolve_target(host: str, port: int, *, allow_private: bool) -> str:
         for a in addresses:
             if not is_public_ip(ipaddress.ip_address(a.split("%", 1)[0])):
                 raise BlockedTarget(f"{host} resolves to a non-public address ({a})")
-    return addresses[0]
+    # IPv4 first: a name with both families often has the IPv6 path broken.
+    return next((a for a in addresses if ":" not in a), addresses[0])
 
 
 # ---------------------------------------------------------------- enqueue
@@ -346,24 +348,32 @@ class WebhookWorker:
         self.pool = pool
         self.settings = settings or WebhookSettings()
         self.node_id = node_id or uuid.uuid4().hex[:8]
-        self.client: httpx.AsyncClient | None = None
+        # One client per (scheme, host, port): we connect to the vetted IP, so a
+        # shared pool could hand a TLS connection made for one host name to
+        # another endpoint on the same address.
+        self._clients: dict[tuple[str, str, int], httpx.AsyncClient] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._last_prune = 0.0
 
     def start(self) -> None:
-        self._client()
         self._loop_task = asyncio.ensure_future(self._loop())
 
-    def _client(self) -> httpx.AsyncClient:
-        if self.client is None:
+    def _client(self, key: tuple[str, str, int]) -> httpx.AsyncClient:
+        client = self._clients.pop(key, None)
+        if client is None:
+            if len(self._clients) >= MAX_CLIENTS:  # least recently used goes, once idle
+                old = self._clients.pop(next(iter(self._clients)))
+                asyncio.get_running_loop().call_later(
+                    self.settings.timeout_s + 1, lambda: asyncio.ensure_future(old.aclose()))
             # trust_env off: no proxies from the environment (the address we
             # vetted must be the one we connect to).
-            self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                            timeout=self.settings.timeout_s,
-                                            limits=httpx.Limits(max_connections=self.settings.concurrency))
-        return self.client
+            client = httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                                       timeout=self.settings.timeout_s,
+                                       limits=httpx.Limits(max_connections=self.settings.concurrency))
+        self._clients[key] = client  # most recently used last
+        return client
 
     async def stop(self, grace_s: float = 2.0) -> None:
         if self._loop_task is not None:
@@ -378,9 +388,10 @@ class WebhookWorker:
                 task.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.gather(*pending, return_exceptions=True)
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def _loop(self) -> None:
         while True:
@@ -480,9 +491,10 @@ class WebhookWorker:
         # against the original host name (SNI).
         target = url.copy_with(host=ip)
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        request = self._client().build_request("POST", target, content=job.body, headers=headers,
-                                               extensions=extensions)
-        response = await self._client().send(request, stream=True)
+        client = self._client((url.scheme, url.host, port))
+        request = client.build_request("POST", target, content=job.body, headers=headers,
+                                       extensions=extensions)
+        response = await client.send(request, stream=True)
         try:
             chunk = b""
             async for part in response.aiter_bytes():

@@ -58,6 +58,8 @@ async function main() {
     saveCredentials(ROLE, show, token);
   }
   state.show = show;
+  // The report page reads the same sessionStorage credentials: no token in the URL.
+  byId('report-link').href = `/host/report?show=${encodeURIComponent(show)}`;
   state.token = token;
   state.http.setToken(token);
   byId('app').hidden = false;

@@ -101,11 +101,14 @@ function duration(ms) {
 }
 
 /** Money of a sales block: one currency, or each currency when the show mixed them. */
-function sales(block) {
+function sales(block, fallbackCurrency = null) {
   if (block.currency) return money(block.gmv_cents, block.currency);
   const parts = Object.entries(block.by_currency || {}).map(([cur, v]) => money(v.gmv_cents, cur));
-  return parts.length ? parts.join(' + ') : count(0);
+  if (parts.length) return parts.join(' + ');
+  return fallbackCurrency ? money(0, fallbackCurrency) : count(0);
 }
+
+const plural = (n, one, many) => `${count(n)} ${n === 1 ? one : many}`;
 
 const clock = (ms) => (Number.isFinite(ms) ? new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : DASH);
 
@@ -139,7 +142,8 @@ function render(r) {
   set('m-claims-detail', outcomes.join(' · '));
 
   set('m-post-orders', count(r.post_live.orders));
-  set('m-post-gmv', sales(r.post_live));
+  const showCurrency = r.sales.currency || (r.deals[0] && r.deals[0].currency) || null;
+  set('m-post-gmv', sales(r.post_live, showCurrency));
   set('m-post-conv', percent(r.post_live.conversion));
   let windowText = 'Counted once the show has ended.';
   if (r.show.ended_at) {
@@ -175,7 +179,7 @@ function renderDeals(deals) {
         el('span', { className: 'num', text: money(d.price_cents, d.currency) }),
         el('span', { text: `${count(d.sold)} / ${count(d.quantity)} sold (${percent(d.sell_through)})` }),
         el('span', { className: 'hint', text: soldOut }),
-        el('span', { className: 'hint', text: `${count(d.orders)} orders · ${money(d.gmv_cents, d.currency)}` }),
+        el('span', { className: 'hint', text: `${plural(d.orders, 'order', 'orders')} · ${money(d.gmv_cents, d.currency)}` }),
       ]);
     }),
   );
