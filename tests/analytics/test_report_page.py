@@ -16,6 +16,7 @@ import httpx
 from playwright import sync_api
 
 from tests.analytics.support import HANG_GUARD_S, WEBHOOK_ENV, fresh_database, start_server
+from tests.browser.helpers import SCREENSHOTS
 from tests.support import ADMIN, Backends, mint
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -81,7 +82,7 @@ def test_report_page_renders_the_analytics(backends: Backends, tmp_path: Path) -
                     page.click("[data-export=deals]")
                 csv_text = Path(download.value.path()).read_text()
                 assert csv_text.startswith("id,product_id,product_name,") and product_name in csv_text
-                page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+                page.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=True)  # README/docs
                 # A wrong token brings the login form back with the error.
                 page2 = context.new_page()
                 page2.goto(f"{proc.base_url}/host/report?show={show_id}&token=bad")
