@@ -19,8 +19,8 @@ dedupe on the event id, which is the same on every attempt.
 Signing. `X-LiveCore-Signature: sha256=<hex HMAC-SHA256(secret, "<ts>.<body>")>`
 with `<ts>` = `X-LiveCore-Timestamp` (ms since the epoch, fresh per attempt).
 
-SSRF. Only http(s) URLs without credentials are accepted. Unless
-`LIVECORE_WEBHOOK_ALLOW_PRIVATE` is set, targets must resolve to public
+SSRF. Only http(s) URLs without credentials are accepted. With
+`LIVECORE_WEBHOOK_ALLOW_PRIVATE=false`, targets must resolve to public
 addresses only, checked at registration (IP literals, localhost) and again
 at every attempt, and the connection goes to the address that was checked
 (no DNS rebinding between check and connect). Redirects are not followed.
@@ -81,7 +81,7 @@ class WebhookSettings(BaseSettings):
     max_attempts: int = Field(15, ge=1, description="Attempts before a delivery is marked failed.")
     backoff_base_s: float = Field(2.0, gt=0, description="Delay after the first failure; doubles per attempt.")
     backoff_cap_s: float = Field(3600.0, gt=0, description="Longest delay between attempts.")
-    allow_private: bool = Field(False, description="Allow targets on loopback, private and link-local addresses (tests, on-prem receivers).")
+    allow_private: bool = Field(True, description="Allow targets on loopback, private and link-local addresses (on-prem receivers, local tests). Set false to accept public addresses only (SSRF guard) when admin tokens go to people who must not reach your internal network.")
     lease_margin_s: float = Field(5.0, gt=0, description="A claimed delivery is retried by any node once timeout + this margin has passed without a result (the claiming node died).")
     retention_days: float = Field(7.0, gt=0, description="Finished deliveries and their events are pruned after this.")
 
