@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +39,55 @@ SendText = Callable[[str], Awaitable[None]]
 CloseFn = Callable[[int, str], Awaitable[None]]
 
 
+class _Resume:
+    """Awaiting this finishes a coroutine that was stepped once by hand and then suspended
+    on `first` (a future). Cancellation and other throws are passed on to the coroutine."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting_on = self.coro, self.first
+        while True:
+            try:
+                value = yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = coro.send(value)
+                except StopIteration:
+                    return
+
+
+class _NoWake:
+    """`Conn.wake.set()` is still called by gateway/ws.py after `start()`; nothing to wake now."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
 class Conn:
-    """One client socket as the hub sees it: a bounded queue and a writer."""
+    """One client socket as the hub sees it: a bounded queue, and a writer task only when needed.
+
+    Fast path: while nothing is queued or in flight (`idle`), `push` sends inline by stepping
+    the `send` coroutine once. When it finishes in that step, the frame is in the transport
+    buffer: no task, future or wake-up per frame. When it suspends (transport paused: a slow
+    client), the half-run send goes to a writer task, which finishes it and then drains the
+    queue that builds up meanwhile, in order, bounded as before; the writer exits when the
+    queue is empty and the connection is idle again.
+    """
 
     __slots__ = (
         "_reason",
@@ -48,6 +95,8 @@ class Conn:
         "close_code",
         "close_fn",
         "closing",
+        "idle",
+        "inflight",
         "live",
         "max_queue",
         "pending",
@@ -57,9 +106,10 @@ class Conn:
         "show_id",
         "staff",
         "user_id",
-        "wake",
         "writer",
     )
+
+    wake = _NoWake()
 
     def __init__(self, show_id: str, role: str, user_id: str | None, send: SendText,
                  close_fn: CloseFn, max_queue: int, batch_ok: bool = True) -> None:
@@ -72,17 +122,23 @@ class Conn:
         self.max_queue = max_queue
         self.batch_ok = batch_ok
         self.queue: deque[str] = deque()
-        self.wake = asyncio.Event()
         self.closing = False
         self.close_code = 1000
         # Until the welcome (and any replay) is queued, live events wait here.
         self.live = False
         self.pending: list[tuple[int, str, str]] = []
+        # Started, nothing queued, nothing in flight: push may send inline.
+        self.idle = False
+        self.inflight: _Resume | None = None
         self.writer: asyncio.Task[None] | None = None
         self._reason = ""
 
     def push(self, data: str, droppable: bool = False) -> None:
         if self.closing:
+            return
+        if self.idle:
+            FRAMES_OUT.inc()
+            self._send_inline(data)
             return
         if len(self.queue) >= self.max_queue:
             if droppable:
@@ -93,34 +149,64 @@ class Conn:
             return
         self.queue.append(data)
         FRAMES_OUT.inc()
-        self.wake.set()
+
+    def _send_inline(self, data: str) -> bool:
+        """Send now; False if the send suspended (handed to the writer) or the socket is gone."""
+        coro = self.send(data)  # type: ignore[arg-type]
+        try:
+            waiting_on = coro.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return True
+        except Exception:
+            self.idle = False
+            self.closing = True  # the socket is gone (what the writer did on a failed send)
+            return False
+        self.idle = False
+        self.inflight = _Resume(coro, waiting_on)  # type: ignore[arg-type]
+        self._start_writer()
+        return False
+
+    def _start_writer(self) -> None:
+        if self.writer is None:
+            self.writer = asyncio.ensure_future(self._write_loop())
 
     def close(self, code: int, reason: str = "") -> None:
         if not self.closing:
             self.closing = True
+            self.idle = False
             self.close_code = code
             self.queue.clear()
-            self.wake.set()
             self._reason = reason
+            self._start_writer()
 
     def start(self) -> None:
-        self.writer = asyncio.ensure_future(self._write_loop())
+        """The welcome (and replay) are queued: send them, then go idle (the fast path)."""
+        while self.queue and not self.closing:
+            if not self._send_inline(self.queue.popleft()):
+                return
+        if not self.closing:
+            self.idle = True
 
     async def _write_loop(self) -> None:
         try:
             while True:
-                await self.wake.wait()
-                self.wake.clear()
-                while self.queue and not self.closing:
-                    await self.send(self.queue.popleft())
-                if self.closing:
-                    with contextlib.suppress(Exception):
-                        await self.close_fn(self.close_code, self._reason)
-                    return
+                if self.inflight is not None:
+                    step, self.inflight = self.inflight, None
+                    await step
+                if self.closing or not self.queue:
+                    break
+                await self.send(self.queue.popleft())
         except asyncio.CancelledError:
             raise
         except Exception:
             self.closing = True
+            return
+        if self.closing:
+            with contextlib.suppress(Exception):
+                await self.close_fn(self.close_code, self._reason)
+            return
+        self.writer = None
+        self.idle = True
 
 
 @dataclass
