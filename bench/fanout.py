@@ -49,7 +49,7 @@ import sys
 import time
 import uuid
 from array import array
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,8 @@ class Result:
     close_codes: dict[str, int] = field(default_factory=dict)
     types: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    chat_rate: float = 0.0
+    steps: list[dict[str, float]] = field(default_factory=list)
 
 
 def pct(sorted_values: list[float] | array[float], q: float) -> float:
@@ -145,8 +147,9 @@ class LiveCoreServer(ServerUnderTest):
         from tests.support import ServerProc, server_env
 
         self.port = free_port()
+        # The host's frame budget (20/s x 5) would cap --find-max's chat rate.
         env = server_env(redis_url, database_url, f"bench{uuid.uuid4().hex[:6]}",
-                         LIVECORE_LOG_LEVEL="warning")
+                         LIVECORE_LOG_LEVEL="warning", LIVECORE_FRAME_RATE_PER_S="1000")
         self.sp = ServerProc(self.port, env).start(timeout=60)
         assert self.sp.proc is not None and self.sp.log_path is not None
         self.proc, self.log_path = self.sp.proc, self.sp.log_path
@@ -330,92 +333,120 @@ async def run_one(kind: str, args: argparse.Namespace, backends: dict[str, Any])
         rss_idle = sp.memory_info().rss
         res.rss_base_mb, res.rss_idle_mb = rss_base / 2**20, rss_idle / 2**20
         res.rss_per_conn_kb = (rss_idle - rss_base) / max(1, res.connected) / 1024
+        base = res
 
-        # ---- traffic window
-        t0 = time.time() + 0.5
-        t1 = t0 + args.duration
-        await clients.ask(("window", t0, t1), 30)
-        backend = _backend_procs(backends["pids"]) if kind == "livecore" else []
-        await asyncio.sleep(max(0.0, t0 - time.time()))
-        me = psutil.Process()
-        cpu0, bcpu0, mcpu0, wall0 = _cpu_s([sp]), _cpu_s(backend), _cpu_s([me]), time.monotonic()
-        psutil.cpu_percent(None)
-        peak = sp.memory_info().rss
+        async def window(rate: float, tag: str) -> Result:
+            res = replace(base, chat_rate=rate)
+            # ---- traffic window
+            t0 = time.time() + 0.5
+            t1 = t0 + args.duration
+            await clients.ask(("window", t0, t1), 30)
+            backend = _backend_procs(backends["pids"]) if kind == "livecore" else []
+            await asyncio.sleep(max(0.0, t0 - time.time()))
+            me = psutil.Process()
+            cpu0, bcpu0, mcpu0, wall0 = _cpu_s([sp]), _cpu_s(backend), _cpu_s([me]), time.monotonic()
+            psutil.cpu_percent(None)
+            peak = sp.memory_info().rss
 
-        async def sample() -> None:
-            nonlocal peak
+            async def sample() -> None:
+                nonlocal peak
+                while True:
+                    await asyncio.sleep(0.5)
+                    peak = max(peak, sp.memory_info().rss)
+
+            sampler = asyncio.ensure_future(sample())
+            i = 0
             while True:
-                await asyncio.sleep(0.5)
-                peak = max(peak, sp.memory_info().rss)
+                at = t0 + i / rate
+                if at >= t1:
+                    break
+                await asyncio.sleep(max(0.0, at - time.time()))
+                now = time.time()
+                rid = f"{tag}c{i}"
+                sent_at[rid] = now
+                await host.send({"type": "chat.send", "id": rid, "text": f"bench {i} {now * 1000:.3f}"})
+                i += 1
+            await asyncio.sleep(max(0.0, t1 - time.time()))
+            cpu1, bcpu1, mcpu1, wall1 = _cpu_s([sp]), _cpu_s(backend), _cpu_s([me]), time.monotonic()
+            res.machine_cpu_pct = psutil.cpu_percent(None) * psutil.cpu_count()
+            sampler.cancel()
+            res.chats_sent = i
+            res.duration_s = wall1 - wall0
+            res.server_cpu_pct = 100 * (cpu1 - cpu0) / res.duration_s
+            res.backend_cpu_pct = 100 * (bcpu1 - bcpu0) / res.duration_s
+            res.rss_peak_mb = max(peak, sp.memory_info().rss) / 2**20
 
-        sampler = asyncio.ensure_future(sample())
-        i = 0
-        while True:
-            at = t0 + i / args.chat_rate
-            if at >= t1:
-                break
-            await asyncio.sleep(max(0.0, at - time.time()))
-            now = time.time()
-            rid = f"c{i}"
-            sent_at[rid] = now
-            await host.send({"type": "chat.send", "id": rid, "text": f"bench {i} {now * 1000:.3f}"})
-            i += 1
-        await asyncio.sleep(max(0.0, t1 - time.time()))
-        cpu1, bcpu1, mcpu1, wall1 = _cpu_s([sp]), _cpu_s(backend), _cpu_s([me]), time.monotonic()
-        res.machine_cpu_pct = psutil.cpu_percent(None) * psutil.cpu_count()
-        sampler.cancel()
-        res.chats_sent = i
-        res.duration_s = wall1 - wall0
-        res.server_cpu_pct = 100 * (cpu1 - cpu0) / res.duration_s
-        res.backend_cpu_pct = 100 * (bcpu1 - bcpu0) / res.duration_s
-        res.rss_peak_mb = max(peak, sp.memory_info().rss) / 2**20
-
-        # ---- drain: wait (bounded) for the in-window chat to reach everyone
-        want = res.connected * res.chats_sent
-        deadline = time.monotonic() + args.max_drain
-        await asyncio.sleep(1.0)
-        reports = [r[1] for r in await clients.ask(("report",))]
-        while sum(r["chat_seen"] for r in reports) < want and time.monotonic() < deadline:
+            # ---- drain: wait (bounded) for the in-window chat to reach everyone
+            want = res.connected * res.chats_sent
+            deadline = time.monotonic() + args.max_drain
             await asyncio.sleep(1.0)
             reports = [r[1] for r in await clients.ask(("report",))]
+            while sum(r["chat_seen"] for r in reports) < want and time.monotonic() < deadline:
+                await asyncio.sleep(1.0)
+                reports = [r[1] for r in await clients.ask(("report",))]
 
-        res.frames_s = sum(r["frames"] for r in reports) / args.duration
-        res.events_s = sum(r["events"] for r in reports) / args.duration
-        res.wire_mb_s = sum(r["bytes"] for r in reports) / args.duration / 2**20
-        res.expected_events_s = res.connected * (res.chats_sent / args.duration + 1.0)
-        res.chat_delivered_pct = 100 * sum(r["chat_seen"] for r in reports) / max(1, want)
-        lat_ts: array[float] = array("d")
-        lat_host: array[float] = array("d")
-        for r in reports:
-            lat_ts.frombytes(r["lat_ts"])
-            lat_host.frombytes(r["lat_host"])
-        s_ts, s_host = sorted(lat_ts), sorted(lat_host)
-        res.lat_p50_ms, res.lat_p99_ms, res.lat_max_ms = pct(s_ts, 0.5), pct(s_ts, 0.99), (s_ts[-1] if s_ts else float("nan"))
-        res.host_lat_p50_ms, res.host_lat_p99_ms = pct(s_host, 0.5), pct(s_host, 0.99)
-        res.host_lat_max_ms = s_host[-1] if s_host else float("nan")
-        s_ack = sorted(acks.values())
-        res.ack_p50_ms, res.ack_p99_ms = pct(s_ack, 0.5), pct(s_ack, 0.99)
-        res.cpu_us_per_event = 1e6 * (cpu1 - cpu0) / max(1, sum(r["events"] for r in reports))
-        res.client_cpu_pct = [round(r["cpu_pct"], 1) for r in reports]
-        # Whatever else ran on the machine meanwhile (other jobs distort every number).
-        res.other_cpu_pct = max(0.0, res.machine_cpu_pct - res.server_cpu_pct - res.backend_cpu_pct
-                                - sum(res.client_cpu_pct) - 100 * (mcpu1 - mcpu0) / res.duration_s)
-        res.client_lag_p99_ms = max(r["lag_p99_ms"] for r in reports)
-        res.client_lag_max_ms = max(r["lag_max_ms"] for r in reports)
-        res.lost_after_welcome = sum(r["lost"] for r in reports)
-        codes: dict[str, int] = {}
-        types: dict[str, int] = {}
-        for r in reports:
-            for c, n in r["close_codes"].items():
-                codes[str(c)] = codes.get(str(c), 0) + n
-            for t, n in r["types"].items():
-                types[str(t)] = types.get(str(t), 0) + n
-        res.close_codes, res.types = codes, types
-        res.notes = diagnose(res)
-        print(f"   {res.events_s:,.0f} events/s ({res.frames_s:,.0f} frames/s), chat delivered "
-              f"{res.chat_delivered_pct:.1f}%, latency p50 {res.lat_p50_ms:.1f} / p99 {res.lat_p99_ms:.1f} "
-              f"/ max {res.lat_max_ms:.0f} ms, server CPU {res.server_cpu_pct:.0f}%, "
-              f"clients CPU {res.client_cpu_pct}", flush=True)
+            res.frames_s = sum(r["frames"] for r in reports) / args.duration
+            res.events_s = sum(r["events"] for r in reports) / args.duration
+            res.wire_mb_s = sum(r["bytes"] for r in reports) / args.duration / 2**20
+            res.expected_events_s = res.connected * (res.chats_sent / args.duration + 1.0)
+            res.chat_delivered_pct = 100 * sum(r["chat_seen"] for r in reports) / max(1, want)
+            lat_ts: array[float] = array("d")
+            lat_host: array[float] = array("d")
+            for r in reports:
+                lat_ts.frombytes(r["lat_ts"])
+                lat_host.frombytes(r["lat_host"])
+            s_ts, s_host = sorted(lat_ts), sorted(lat_host)
+            res.lat_p50_ms, res.lat_p99_ms, res.lat_max_ms = pct(s_ts, 0.5), pct(s_ts, 0.99), (s_ts[-1] if s_ts else float("nan"))
+            res.host_lat_p50_ms, res.host_lat_p99_ms = pct(s_host, 0.5), pct(s_host, 0.99)
+            res.host_lat_max_ms = s_host[-1] if s_host else float("nan")
+            s_ack = sorted(v for k, v in acks.items() if k.startswith(tag))
+            res.ack_p50_ms, res.ack_p99_ms = pct(s_ack, 0.5), pct(s_ack, 0.99)
+            res.cpu_us_per_event = 1e6 * (cpu1 - cpu0) / max(1, sum(r["events"] for r in reports))
+            res.client_cpu_pct = [round(r["cpu_pct"], 1) for r in reports]
+            # Whatever else ran on the machine meanwhile (other jobs distort every number).
+            res.other_cpu_pct = max(0.0, res.machine_cpu_pct - res.server_cpu_pct - res.backend_cpu_pct
+                                    - sum(res.client_cpu_pct) - 100 * (mcpu1 - mcpu0) / res.duration_s)
+            res.client_lag_p99_ms = max(r["lag_p99_ms"] for r in reports)
+            res.client_lag_max_ms = max(r["lag_max_ms"] for r in reports)
+            res.lost_after_welcome = sum(r["lost"] for r in reports)
+            codes: dict[str, int] = {}
+            types: dict[str, int] = {}
+            for r in reports:
+                for c, n in r["close_codes"].items():
+                    codes[str(c)] = codes.get(str(c), 0) + n
+                for t, n in r["types"].items():
+                    types[str(t)] = types.get(str(t), 0) + n
+            res.close_codes, res.types = codes, types
+            res.notes = diagnose(res)
+            print(f"   {res.events_s:,.0f} events/s ({res.frames_s:,.0f} frames/s), chat delivered "
+                  f"{res.chat_delivered_pct:.1f}%, latency p50 {res.lat_p50_ms:.1f} / p99 {res.lat_p99_ms:.1f} "
+                  f"/ max {res.lat_max_ms:.0f} ms, server CPU {res.server_cpu_pct:.0f}%, "
+                  f"clients CPU {res.client_cpu_pct}", flush=True)
+            return res
+
+        if not args.find_max:
+            res = await window(args.chat_rate, "")
+        else:
+            # Raise the chat rate (x2 a step) until the window delivers under 95 % of what is
+            # offered: the last window's events/s is the most this server delivered.
+            rate, steps = args.chat_rate, []
+            while True:
+                step = await window(rate, f"r{rate:g}-")
+                steps.append(step)
+                kept_up = step.events_s >= 0.95 * step.expected_events_s
+                print(f"   find-max: {rate:g} chat/s -> {step.events_s:,.0f} events/s of "
+                      f"{step.expected_events_s:,.0f} offered ({'kept up' if kept_up else 'saturated'})",
+                      flush=True)
+                if not kept_up or rate >= args.max_rate:
+                    break
+                rate *= 2
+                await asyncio.sleep(2)
+            res = max(steps, key=lambda r: r.events_s)
+            res.steps = [{"chat_rate": r.chat_rate, "events_s": round(r.events_s),
+                          "expected_events_s": round(r.expected_events_s),
+                          "lat_p99_ms": round(r.lat_p99_ms, 1), "server_cpu_pct": round(r.server_cpu_pct),
+                          "cpu_us_per_event": round(r.cpu_us_per_event, 1),
+                          "other_cpu_pct": round(r.other_cpu_pct)} for r in steps]
         await clients.ask(("close",), 60)
         return res
     finally:
@@ -490,6 +521,17 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def steps_table(results: list[Result]) -> str:
+    lines = ["| server | chat msg/s | offered events/s | delivered events/s | latency p99 ms | server CPU "
+             "| CPU µs/event | other CPU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for st in r.steps:
+            lines.append(f"| {r.server} | {st['chat_rate']:g} | {st['expected_events_s']:,.0f} "
+                         f"| {st['events_s']:,.0f} | {fmt(st['lat_p99_ms'])} | {st['server_cpu_pct']:.0f}% "
+                         f"| {st['cpu_us_per_event']:.1f} | {st['other_cpu_pct']:.0f}% |")
+    return "\n".join(lines)
+
+
 def ratios(results: list[Result]) -> str:
     by = {r.server: r for r in results}
     if "livecore" not in by or "naive" not in by:
@@ -552,6 +594,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each server's run, wait up to S s for the machine to be idle "
                              "(shared machines); 0 = don't wait")
+    parser.add_argument("--find-max", action="store_true",
+                        help="after connecting, run windows at --chat-rate, then x2 each step, until a "
+                             "window delivers under 95%% of the offered events: reports each server's maximum")
+    parser.add_argument("--max-rate", type=float, default=640.0, help="--find-max stops at this chat rate")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     limit = raise_nofile()
@@ -566,6 +612,8 @@ def main(argv: list[str] | None = None) -> None:
           f"permessage-deflate {'off' if args.no_deflate else 'offered'}, "
           f"{psutil.cpu_count()} cores\n")
     print(table(results))
+    if args.find_max:
+        print("\n" + steps_table(results))
     line = ratios(results)
     if line:
         print("\n" + line)

@@ -267,7 +267,12 @@ class Worker:
                     gc.freeze()  # the viewers live until the end: keep them out of GC passes
                     self.pipe.send(("connected", ok, failed, secs, self.failures))
                 elif cmd[0] == "window":
-                    self.st.t0, self.st.t1 = cmd[1], cmd[2]
+                    # Each window counts from zero (the --find-max mode runs several).
+                    st = self.st
+                    st.frames = st.events = st.bytes = st.chat_seen = 0
+                    st.types.clear()
+                    st.lat_ts, st.lat_host, self.lags = array("d"), array("d"), array("d")
+                    st.t0, st.t1 = cmd[1], cmd[2]
                     loop.call_later(max(0.0, cmd[1] - time.time()), self.mark, 0)
                     loop.call_later(max(0.0, cmd[2] - time.time()), self.mark, 1)
                     self.pipe.send(("ok",))
