@@ -7,7 +7,7 @@ SCENARIO ?= flash-sale
 USERS ?= 200
 ARGS ?=
 
-.PHONY: demo test lint unit browser-deps bench-engine bench-fanout bench-video load docs clean
+.PHONY: demo test lint unit browser-deps bench-engine bench-fanout bench-video load docs clean soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ unit: $(STAMP)
 
 test: $(STAMP) browser-deps lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The reliability suite at soak strength: EXAMPLES hypothesis examples per fuzz
+# test (make test runs 300/150), each test allowed an hour.
+EXAMPLES ?= 5000
+soak: $(STAMP)
+	RELIABILITY_FUZZ_EXAMPLES=$(EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider --timeout 3600 tests/reliability $(ARGS)
 
 bench-engine: $(STAMP)
 	$(PY) -m bench.engine $(ARGS)

@@ -71,6 +71,8 @@ class Shows:
         return show_dict(row)
 
     async def get(self, show_id: str) -> dict[str, Any] | None:
+        if "\x00" in show_id:
+            return None  # PostgreSQL text cannot hold NUL: no show can have this id
         row = await self.pool.fetchrow(f"SELECT {SHOW_COLS} FROM shows WHERE id=$1", show_id)
         return None if row is None else show_dict(row)
 

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
 
     max_frame_bytes: int = Field(65536, description="Largest accepted WebSocket frame; larger closes with 1009.")
     max_body_bytes: int = Field(1_048_576, description="Largest accepted HTTP body; larger answers 413.")
+    header_timeout_s: float = Field(10.0, description="Seconds a client has to send complete HTTP request headers (slowloris guard); then 408 and the connection is closed.")
     hello_timeout_s: float = Field(5.0, description="Seconds a socket may wait before sending hello (then 4408).")
     send_queue_max: int = Field(1024, description="Outgoing frames buffered per connection before it is closed 1013.")
     history_max: int = Field(1000, description="Events kept per show in the Redis history stream (approximate).")
