@@ -129,6 +129,10 @@ class ServerUnderTest:
     async def setup_host(self) -> Any:
         raise NotImplementedError
 
+    async def extra_host(self) -> Any:
+        """Another host socket on the same show (--hosts)."""
+        raise NotImplementedError
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -173,6 +177,11 @@ class LiveCoreServer(ServerUnderTest):
                 raise RuntimeError(f"{type_} failed: {reply}")
         return host
 
+    async def extra_host(self) -> Any:
+        from tests.support import WS, mint
+
+        return await WS.open(self.sp.ws_url("host", self.show_id), mint("host", self.show_id, "host", "Host"))
+
 
 class NaiveServer(ServerUnderTest):
     name = "naive"
@@ -202,6 +211,9 @@ class NaiveServer(ServerUnderTest):
         from tests.support import WS
 
         return await WS.open(f"ws://127.0.0.1:{self.port}/ws/host/naive", None)
+
+    async def extra_host(self) -> Any:
+        return await self.setup_host()
 
 
 # ------------------------------------------------------------------ clients
@@ -298,15 +310,16 @@ async def run_one(kind: str, args: argparse.Namespace, backends: dict[str, Any])
     sp = psutil.Process(server.proc.pid)
     print(f"   server pid {server.proc.pid}, port {server.port}, log {server.log_path}", flush=True)
     clients: Clients | None = None
-    host = None
-    drain_task: asyncio.Task[None] | None = None
+    hosts: list[Any] = []
+    drains: list[asyncio.Task[None]] = []
     try:
-        host = await server.setup_host()
+        hosts.append(await server.setup_host())
+        for _ in range(args.hosts - 1):
+            hosts.append(await server.extra_host())
         acks: dict[str, float] = {}
         sent_at: dict[str, float] = {}
 
-        async def drain_host() -> None:
-            assert host is not None
+        async def drain_host(host: Any) -> None:
             while True:
                 raw = await host.conn.recv()
                 now = time.time()
@@ -314,7 +327,7 @@ async def run_one(kind: str, args: argparse.Namespace, backends: dict[str, Any])
                 if frame.get("type") == "ack" and frame.get("re") in sent_at:
                     acks[frame["re"]] = (now - sent_at[frame["re"]]) * 1000
 
-        drain_task = asyncio.ensure_future(drain_host())
+        drains = [asyncio.ensure_future(drain_host(h)) for h in hosts]
         clients = Clients(args.procs, args.viewers, server.viewer_url(), not args.no_deflate, args.concurrency,
                           args.connect_timeout)
         await clients.ask(None, 60)  # ready
@@ -364,7 +377,7 @@ async def run_one(kind: str, args: argparse.Namespace, backends: dict[str, Any])
                 now = time.time()
                 rid = f"{tag}c{i}"
                 sent_at[rid] = now
-                await host.send({"type": "chat.send", "id": rid, "text": f"bench {i} {now * 1000:.3f}"})
+                await hosts[i % len(hosts)].send({"type": "chat.send", "id": rid, "text": f"bench {i} {now * 1000:.3f}"})
                 i += 1
             await asyncio.sleep(max(0.0, t1 - time.time()))
             cpu1, bcpu1, mcpu1, wall1 = _cpu_s([sp]), _cpu_s(backend), _cpu_s([me]), time.monotonic()
@@ -450,9 +463,9 @@ async def run_one(kind: str, args: argparse.Namespace, backends: dict[str, Any])
         await clients.ask(("close",), 60)
         return res
     finally:
-        if drain_task is not None:
-            drain_task.cancel()
-        if host is not None:
+        for task in drains:
+            task.cancel()
+        for host in hosts:
             with contextlib.suppress(Exception):
                 await host.close()
         if clients is not None:
@@ -594,6 +607,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each server's run, wait up to S s for the machine to be idle "
                              "(shared machines); 0 = don't wait")
+    parser.add_argument("--hosts", type=int, default=1,
+                        help="host sockets sending the chat, round robin (one host's commands run one after "
+                             "another, so at high rates one socket caps the rate)")
     parser.add_argument("--find-max", action="store_true",
                         help="after connecting, run windows at --chat-rate, then x2 each step, until a "
                              "window delivers under 95%% of the offered events: reports each server's maximum")
@@ -607,8 +623,9 @@ def main(argv: list[str] | None = None) -> None:
                          f"(raise `ulimit -Hn` or use fewer viewers)")
     started = time.monotonic()
     results = asyncio.run(amain(args))
-    print(f"\n## Fanout: {args.viewers} viewers, {args.chat_rate:g} chat msg/s + deal.tick 1/s, "
-          f"{args.duration:g} s window, {args.procs} client processes, "
+    print(f"\n## Fanout: {args.viewers} viewers, {args.chat_rate:g} chat msg/s"
+          f"{' (find-max: raised until saturated)' if args.find_max else ''} + deal.tick 1/s, "
+          f"{args.duration:g} s window, {args.hosts} host socket(s), {args.procs} client processes, "
           f"permessage-deflate {'off' if args.no_deflate else 'offered'}, "
           f"{psutil.cpu_count()} cores\n")
     print(table(results))
