@@ -35,6 +35,7 @@ from tests.support import Backends, mint
 QUANTITY = 50
 BUYERS = 30
 CONFIRMED_BEFORE = 10
+IN_FLIGHT = 5  # confirms sent as the fast shutdown starts: 201 or 503, never anything else
 
 
 async def test_postgres_stopped_during_confirms(backends: Backends) -> None:
@@ -74,33 +75,32 @@ async def test_postgres_stopped_during_confirms(backends: Backends) -> None:
                 assert r.status_code == 201, r.text
                 first[i] = r.json()
 
-            # ---- confirms stream while PostgreSQL goes down --------------------------
+            # ---- confirms in flight while PostgreSQL goes down, then more while it is down ----
             answers: dict[int, int] = {}
-            stop_now = asyncio.Event()
 
-            async def confirms() -> None:
-                for i in range(CONFIRMED_BEFORE, BUYERS):
-                    if i == CONFIRMED_BEFORE + 3:
-                        stop_now.set()
-                    r = await confirm(i, holds[i])
-                    answers[i] = r.status_code
-                    if r.status_code == 201:
-                        first[i] = r.json()
-                    else:
-                        assert r.status_code == 503, r.text
-                        err = assert_error_body(r)
-                        assert err["code"] == "unavailable" and err["retry_after_ms"] > 0, err
-                        assert int(r.headers["retry-after"]) >= 1
+            async def confirm_and_check(i: int) -> None:
+                r = await confirm(i, holds[i])
+                answers[i] = r.status_code
+                if r.status_code == 201:
+                    first[i] = r.json()
+                else:
+                    assert r.status_code == 503, r.text
+                    err = assert_error_body(r)
+                    assert err["code"] == "unavailable" and err["retry_after_ms"] > 0, err
+                    assert int(r.headers["retry-after"]) >= 1
 
             down_at: list[float] = []
 
             async def halt() -> None:
-                await stop_now.wait()
                 down_at.append(time.monotonic())
                 await asyncio.to_thread(pg.halt)
 
-            await asyncio.gather(confirms(), halt())
-            assert list(answers.values()).count(503) >= 10, answers
+            in_flight = range(CONFIRMED_BEFORE, CONFIRMED_BEFORE + IN_FLIGHT)
+            await asyncio.gather(halt(), *[confirm_and_check(i) for i in in_flight])
+            for i in range(CONFIRMED_BEFORE + IN_FLIGHT, BUYERS):  # PostgreSQL is down now
+                await confirm_and_check(i)
+            assert [answers[i] for i in range(CONFIRMED_BEFORE + IN_FLIGHT, BUYERS)] == \
+                [503] * (BUYERS - CONFIRMED_BEFORE - IN_FLIGHT), answers
             # while it is down: /readyz says so, reads answer 503, sockets and chat live on
             assert (await http.get("/readyz")).status_code == 503
             show = await http.get(f"/api/v1/shows/{show_id}")
@@ -143,7 +143,7 @@ async def test_postgres_stopped_during_confirms(backends: Backends) -> None:
             finally:
                 await redis.aclose()
             assert int(state["sold"]) == BUYERS and int(state["remaining"]) == QUANTITY - BUYERS
-            print(f"\nPostgreSQL stop figures: confirms_during_stop={len(answers)} "
+            print(f"\nPostgreSQL stop figures: in_flight={IN_FLIGHT} confirms_while_down={len(answers) - IN_FLIGHT} "
                   f"answered_201={list(answers.values()).count(201)} answered_503={list(answers.values()).count(503)} "
                   f"retries_after_restart={retries} orders={len(rows)} sold={sold} down_s={down_s:.2f}")
             await viewer.close()

@@ -224,3 +224,37 @@ async def test_slowloris_headers_are_cut_off(flood: Flood) -> None:
         assert HEADER_TIMEOUT_S <= r["closed_after_s"] < HEADER_TIMEOUT_DEFAULT_S, (name, r)
     assert results["byte-by-byte"]["sent"] > 5
     assert crash_lines(flood.cursor.read()) == []
+
+
+async def test_http_process_limit(backends: Backends, prefix: str) -> None:
+    """HTTP has a per-process ceiling too: uvicorn's limit_concurrency, set to
+    LIVECORE_MAX_CONNECTIONS + 1000 (sockets and HTTP share the process; HTTP
+    gets that headroom over the socket limit). Connections beyond it get 503
+    (uvicorn's own plain-text answer) and the process stays up."""
+    env = node_env(backends.redis_url, backends.database_url, prefix, LIVECORE_MAX_CONNECTIONS="1",
+                   LIVECORE_HEADER_TIMEOUT_S="120")
+    limit = 1 + 1000
+    async with nodes(env) as (node,):
+        held: list[socket.socket] = []
+        try:
+            for _ in range(limit):  # connected, silent: each counts until the header deadline
+                held.append(socket.create_connection(("127.0.0.1", node.port), timeout=15))
+            statuses = []
+            async with httpx.AsyncClient(base_url=node.base_url, timeout=15) as client:
+                for _ in range(50):  # until the server has accepted every held connection
+                    resp = await client.get("/healthz", headers={"connection": "close"})
+                    statuses.append(resp.status_code)
+                    if resp.status_code == 503:
+                        break
+                    await asyncio.sleep(0.2)
+            assert statuses[-1] == 503, statuses
+        finally:
+            for s in held:
+                s.close()
+        async with httpx.AsyncClient(base_url=node.base_url, timeout=15) as client:
+            for _ in range(50):  # the freed connections are counted out
+                if (await client.get("/healthz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("the node never served again")

@@ -31,6 +31,7 @@ from tests.reliability.helpers import (
 from tests.support import ROOT, Backends, ServerProc, mint
 
 PAGES = ("/", "/host", "/moderator")
+SHOP = "https://shop.example"
 
 
 async def test_security_headers_on_pages_and_api(edge_http: httpx.AsyncClient) -> None:
@@ -121,10 +122,30 @@ async def test_body_and_frame_limits(edge: ServerProc, edge_http: httpx.AsyncCli
 
 @pytest_asyncio.fixture(scope="module")
 async def chatty(backends: Backends, prefix: str) -> AsyncIterator[ServerProc]:
-    """A node at uvicorn's most verbose level: trace (ASGI messages, frame dumps)."""
-    env = node_env(backends.redis_url, backends.database_url, prefix, LIVECORE_LOG_LEVEL="trace")
+    """A node at uvicorn's most verbose level: trace (ASGI messages, frame dumps);
+    CORS opened for one origin."""
+    env = node_env(backends.redis_url, backends.database_url, prefix, LIVECORE_LOG_LEVEL="trace",
+                   LIVECORE_CORS_ORIGINS=orjson.dumps([SHOP]).decode())
     async with nodes(env) as (node,):
         yield node
+
+
+async def test_cors_opens_only_to_configured_origins(chatty: ServerProc) -> None:
+    async with httpx.AsyncClient(base_url=chatty.base_url, timeout=30) as c:
+        ask = {"access-control-request-method": "POST",
+               "access-control-request-headers": "authorization,content-type,idempotency-key"}
+        pre = await c.options("/api/v1/products", headers={"origin": SHOP, **ask})
+        assert pre.status_code == 200, pre.text
+        assert pre.headers["access-control-allow-origin"] == SHOP
+        assert "POST" in pre.headers["access-control-allow-methods"]
+        assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+        got = await c.get("/api/v1/products", headers={"origin": SHOP, **AUTH})
+        assert got.status_code == 200 and got.headers["access-control-allow-origin"] == SHOP
+        assert "access-control-allow-credentials" not in got.headers  # tokens, never cookies
+        evil = await c.options("/api/v1/products", headers={"origin": "https://evil.example", **ask})
+        assert evil.status_code == 400 and "access-control-allow-origin" not in evil.headers
+        plain = await c.get("/api/v1/products", headers={"origin": "https://evil.example", **AUTH})
+        assert "access-control-allow-origin" not in plain.headers
 
 
 async def test_tokens_never_in_logs(chatty: ServerProc) -> None:

@@ -114,6 +114,7 @@ async def arena(edge: ServerProc) -> Any:
     viewer_tok = mint("viewer", show_id, "fz-viewer")
     talker = await WS.open(edge.ws_url("viewer", show_id), mint("viewer", show_id, "fz-talker"))
     said = await talker.request("chat.send", text="hello there")
+    await talker.close()  # a socket nobody reads would make its own close wait out the timeout
     sessions: dict[str, websockets.ClientConnection] = {}
     for name, role, token in (("viewer", "viewer", viewer_tok), ("anon", "viewer", None),
                               ("host", "host", mint("host", show_id, "fz-host2")),
@@ -132,7 +133,7 @@ async def arena(edge: ServerProc) -> Any:
     yield Arena(edge, show_id, other_show, sessions, observers, host, cursor, known)
     for conn in sessions.values():
         await conn.close()
-    for ws in [*observers, host, talker]:
+    for ws in [*observers, host]:
         await ws.close()
 
 
