@@ -36,10 +36,6 @@ from livecore.tasks import spawn
 log = logging.getLogger("gateway.hub")
 
 SendText = Callable[[str], Awaitable[None]]
-# A broadcast yields to the event loop after each slice of this many connections, so a
-# command or a join waiting on a Redis/PostgreSQL reply waits one slice, not a whole
-# 10 000-viewer fanout (about 140 ms of CPU) per round trip.
-FANOUT_SLICE = 500
 CloseFn = Callable[[int, str], Awaitable[None]]
 
 
@@ -364,13 +360,13 @@ class Hub:
                     ch.last_ids[stream] = entries[-1][0]
                     datas = [e[1]["d"] for e in entries]
                     if stream == ev:
-                        await self._dispatch_events(ch, datas)
+                        self._dispatch_events(ch, datas)
                     elif stream == staff:
                         for d in datas:
                             self._broadcast(ch, d, staff_only=True)
                     else:
                         for d in datas:
-                            await self._on_volatile(ch, orjson.loads(d))
+                            self._on_volatile(ch, orjson.loads(d))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -404,7 +400,7 @@ class Hub:
             await self.redis.set(key, ch.last_seq)
             log.warning("show %s seq was reset in Redis; restored floor %s", ch.show_id, ch.last_seq)
 
-    async def _dispatch_events(self, ch: ShowChannel, datas: list[str]) -> None:
+    def _dispatch_events(self, ch: ShowChannel, datas: list[str]) -> None:
         now = now_ms()
         parsed: list[tuple[int, str, str]] = []
         for data in datas:
@@ -422,24 +418,15 @@ class Hub:
         batch_frame = None
         if len(parsed) > 1:
             batch_frame = '{"type":"batch","events":[' + ",".join(p[1] for p in parsed) + "]}"
-        # Connections not live yet get the events now, in `pending` (go_live filters them by
-        # seq). Those that join during a slice break read last_seq after it was set above, so
-        # their welcome already counts these events: order and gap-free seq hold.
-        live: list[Conn] = []
-        for conn in ch.conns:
-            if conn.live:
-                live.append(conn)
-            else:
+        for conn in list(ch.conns):
+            if not conn.live:
                 conn.pending.extend(parsed)
-        for start in range(0, len(live), FANOUT_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            for conn in live[start:start + FANOUT_SLICE]:
-                if batch_frame is not None and conn.batch_ok:
-                    conn.push(batch_frame)
-                else:
-                    for _, data, _ in parsed:
-                        conn.push(data)
+                continue
+            if batch_frame is not None and conn.batch_ok:
+                conn.push(batch_frame)
+            else:
+                for _, data, _ in parsed:
+                    conn.push(data)
 
     def _deliver(self, conn: Conn, data: str, type_: str) -> None:
         conn.push(data)
@@ -453,14 +440,14 @@ class Hub:
         elif type_ == "chat.message":
             ch.chat_count += 1
 
-    async def _on_volatile(self, ch: ShowChannel, payload: dict[str, Any]) -> None:
+    def _on_volatile(self, ch: ShowChannel, payload: dict[str, Any]) -> None:
         if "deal_id" in payload and ch.deal and ch.deal.id == payload["deal_id"]:
             ch.deal.remaining = int(payload["remaining"])
-            await self._send_tick(ch)
+            self._send_tick(ch)
         elif "reactions" in payload:
             frame = orjson.dumps({"type": "reactions", "counts": payload["reactions"],
                                   "ts": now_ms()}).decode()
-            await self._broadcast_droppable(ch, frame)
+            self._broadcast(ch, frame, droppable=True)
 
     def _broadcast(self, ch: ShowChannel, data: str, *, staff_only: bool = False,
                    droppable: bool = False, hosts_only: bool = False) -> None:
@@ -471,31 +458,22 @@ class Hub:
                 continue
             conn.push(data, droppable)
 
-    async def _broadcast_droppable(self, ch: ShowChannel, data: str) -> None:
-        """A volatile frame (tick, viewers, reactions) to every live connection, in slices."""
-        live = [c for c in ch.conns if c.live]
-        for start in range(0, len(live), FANOUT_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            for conn in live[start:start + FANOUT_SLICE]:
-                conn.push(data, True)
-
     # ---- node-local generated events --------------------------------------
 
-    async def _send_tick(self, ch: ShowChannel) -> None:
+    def _send_tick(self, ch: ShowChannel) -> None:
         if ch.deal is None:
             return
         frame = orjson.dumps({"type": "deal.tick", "deal_id": ch.deal.id,
                               "remaining": ch.deal.remaining, "ends_at": ch.deal.ends_at,
                               "server_time": now_ms()}).decode()
-        await self._broadcast_droppable(ch, frame)
+        self._broadcast(ch, frame, droppable=True)
 
     async def _ticks(self) -> None:
         now = now_ms()
         for ch in list(self.channels.values()):
             if ch.deal is not None and ch.deal.ends_at + 2000 < now:
                 ch.deal = None  # deal.ended will follow from the sweeper
-            await self._send_tick(ch)
+            self._send_tick(ch)
 
     def local_viewers(self, ch: ShowChannel) -> int:
         return sum(1 for c in ch.conns if c.role == "viewer")
@@ -528,7 +506,7 @@ class Hub:
             if total != ch.last_viewers:
                 ch.last_viewers = total
                 frame = orjson.dumps({"type": "viewers", "count": total, "ts": now}).decode()
-                await self._broadcast_droppable(ch, frame)
+                self._broadcast(ch, frame, droppable=True)
 
     async def viewers(self, show_id: str) -> int:
         ch = self.channels.get(show_id)
