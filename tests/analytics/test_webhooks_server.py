@@ -55,7 +55,8 @@ async def deliveries(http: httpx.AsyncClient, webhook_id: str) -> list[dict[str,
 
 
 async def test_webhook_admin_api(backends: Backends, db_url: str, procs: list[ServerProc]) -> None:
-    node = await launch_server(procs, backends.redis_url, db_url)  # default: private targets refused
+    # Public-only mode (the SSRF guard; the default allows private targets).
+    node = await launch_server(procs, backends.redis_url, db_url, LIVECORE_WEBHOOK_ALLOW_PRIVATE="false")
     async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as http:
         created = await http.post("/api/v1/webhooks", headers=AUTH, json={
             "url": "https://hooks.example.com/livecore", "events": ["show.ended", "order.paid"],
