@@ -267,9 +267,12 @@ class Hub:
         await asyncio.sleep(0.05)
         for task in self.timers:
             task.cancel()
-        for ch in list(self.channels.values()):
-            if ch.reader:
-                ch.reader.cancel()
+        readers = [ch.reader for ch in self.channels.values() if ch.reader]
+        for task in readers:
+            task.cancel()
+        # Wait for them: the app closes the blocking Redis client next, and a
+        # reader still inside XREAD would log that as a failure.
+        await asyncio.gather(*readers, *self.timers, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.redis.hdel(self.keys.prefix + ":nodes", self.node_id)
 

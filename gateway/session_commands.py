@@ -219,7 +219,11 @@ async def show_end(c: CommandContext, frame: dict[str, Any]) -> dict[str, Any]:
     deal = await c.ctx.services.deals.live_deal(c.show_id)
     if deal is not None:
         await c.ctx.services.deals.cancel(c.show_id, deal["id"])
-    return await _set_status(c, "ended")
+    result = await _set_status(c, "ended")
+    if c.ctx.video is not None:
+        # Here at once; nodes holding the ingest elsewhere notice within a poll.
+        await c.ctx.video.end_show(c.show_id)
+    return result
 
 
 @command("product.pin")

@@ -130,6 +130,8 @@ class VideoService:
         self._viewers_reserved = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._ended_watch: asyncio.Task[Any] | None = None
+        self.ended_poll_s = 2.0
 
         self.routes: list[BaseRoute] = [
             Route("/whip/{show}", self._post_whip, methods=["POST"]),
@@ -322,6 +324,9 @@ class VideoService:
             raise Unavailable("shutting down", retry_after_ms=RETRY_AFTER_MS)
 
         self._ingests[show] = ingest
+        if self._ended_watch is None or self._ended_watch.done():
+            # Not in _tasks (per-session work): one poller per node while ingests exist.
+            self._ended_watch = asyncio.create_task(self._watch_ended_shows())
         self._watch(ingest)
         ingest.start(lambda: self._spawn(self._close(ingest, "host tracks ended")))
         return ingest, answer
@@ -452,6 +457,8 @@ class VideoService:
         assert isinstance(session, Ingest)
         if self._ingests.get(session.show) is session:
             del self._ingests[session.show]
+        if not self._ingests and self._ended_watch is not None and self._ended_watch is not asyncio.current_task():
+            self._ended_watch.cancel()  # nothing left to watch; no idle task lingers
         # Viewers are closed rather than left connected and silent: a player
         # sees its connection end and can POST again when the host is back.
         viewers = [self._viewers[v] for v in list(session.viewers) if v in self._viewers]
@@ -498,6 +505,28 @@ class VideoService:
         if record.get("status") == "ended":
             raise ShowEnded()
 
+    async def end_show(self, show: str) -> None:
+        """The show ended: stop its broadcast on this node (and with it its players)."""
+        ingest = self._ingests.get(show)
+        if ingest is not None:
+            await self._close(ingest, "show ended")
+
+    async def _watch_ended_shows(self) -> None:
+        """`show.end` may reach another node than the one holding the ingest: every
+        node ends its own ingests of ended shows (a few ingests per node, one
+        lookup each per poll, and only while any ingest is open)."""
+        while self._ingests and not self._closing:
+            await asyncio.sleep(self.ended_poll_s)
+            for show in list(self._ingests):
+                try:
+                    record = await self.ctx.shows.get(show)
+                except Exception:
+                    log.warning("video: show lookup failed; will retry", exc_info=True)
+                    continue
+                if record is not None and record.get("status") == "ended":
+                    # shielded: a cancel (last ingest closed elsewhere) must not cut a close short
+                    await asyncio.shield(self.end_show(show))
+
     def _require_open(self) -> None:
         if self._closing:
             raise Unavailable("shutting down", retry_after_ms=RETRY_AFTER_MS)
@@ -505,6 +534,8 @@ class VideoService:
     async def aclose(self) -> None:
         """Close every session (viewers first via their ingest) and wait for cleanup."""
         self._closing = True
+        if self._ended_watch is not None:
+            self._ended_watch.cancel()
         sessions: list[Session] = [*self._ingests.values(), *self._viewers.values()]
         await asyncio.gather(*(self._close(s, "server shutting down") for s in sessions))
         if self._tasks:

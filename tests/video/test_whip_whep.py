@@ -232,3 +232,34 @@ def _recvonly(client):  # type: ignore[no-untyped-def]
     client.pc.addTransceiver("video", direction="recvonly")
     client.pc.addTransceiver("audio", direction="recvonly")
     return client
+
+
+async def test_an_ended_show_stops_its_broadcast(vs: VideoServer) -> None:
+    """`show.end` may be handled by another node: the node holding the ingest
+    notices the ended show by itself, closes the ingest and its players."""
+    show = "show-7"
+    vs.service.ended_poll_s = 0.1
+    await start_ingest(vs, show)
+    viewer = vs.client()
+    assert (await viewer.play(show)).status_code == 201
+    assert vs.service.viewer_count(show) == 1
+    vs.ctx.shows.shows[show]["status"] = "ended"
+    try:
+        await vs.eventually(lambda: vs.service.stats()["ingests"] == 0)
+        assert vs.service.stats()["whep_sessions"] == 0
+        await vs.eventually(lambda: vs.ctx.ingest_events[-1] == (show, False))
+        # nothing keeps polling once no ingest is left
+        await vs.eventually(lambda: vs.service._ended_watch is None or vs.service._ended_watch.done())
+        # and the show can't go on air again
+        again = await vs.client(vs.token("host", show)).publish(show, [PatternVideoTrack(160, 120)])
+        assert again.status_code == 409 and again.json()["error"]["code"] == "show_ended"
+    finally:
+        vs.ctx.shows.shows[show]["status"] = "live"
+
+
+async def test_end_show_closes_the_local_ingest_at_once(vs: VideoServer) -> None:
+    show = "show-8"
+    await start_ingest(vs, show)
+    await vs.service.end_show(show)
+    assert vs.service.stats()["ingests"] == 0 and not vs.service.is_live(show)
+    await vs.service.end_show("show-9")  # no ingest there: nothing to do
