@@ -205,3 +205,33 @@ async def test_stalled_client_does_not_hold_back_others(http: httpx.AsyncClient,
         await host.close()
     finally:
         node.stop()
+
+
+async def test_host_stats_count_chat_reactions_claims_and_orders(http: httpx.AsyncClient,
+                                                                 server: ServerProc) -> None:
+    show_id, product_id = await create_show(http, stock=50)
+    host = await WS.open(server.ws_url("host", show_id), mint("host", show_id))
+    deal = (await host.request("deal.launch", product_id=product_id, price_cents=700, quantity=20,
+                               duration_s=600, per_user_limit=5))["deal"]
+    buyers = [await WS.open(server.ws_url("viewer", show_id), mint("viewer", show_id, f"s{i}"))
+              for i in range(3)]
+    # A burst of claims from several sockets at once: counted whatever their order.
+    async def claim_twice(b: WS) -> list[dict[str, Any]]:
+        return [await b.request("deal.claim", deal_id=deal["id"], qty=1) for _ in range(2)]
+
+    replies = [r for rs in await asyncio.gather(*[claim_twice(b) for b in buyers]) for r in rs]
+    assert [r["type"] for r in replies] == ["ack"] * 6, replies
+    for b in buyers:
+        assert (await b.request("chat.send", text="hello"))["type"] == "ack"
+    await buyers[0].send({"type": "react", "emoji": "🔥"})
+    reservation = replies[0]["reservation"]
+    paid = await http.post(f"/api/v1/reservations/{reservation['id']}/confirm",
+                           headers={"authorization": f"Bearer {mint('viewer', show_id, 's0')}"},
+                           json={"payment_ref": "p1"})
+    assert paid.status_code == 201, paid.text
+    stats = await host.wait_for(lambda f: f.get("type") == "stats" and f.get("claims") == 6
+                                and f.get("chat_per_min") == 3 and f.get("reactions_per_min") == 1
+                                and f.get("orders") == 1, timeout=20)
+    assert stats["gmv_cents"] == 700 and stats["viewers"] >= 3 and stats["peak_viewers"] >= 3
+    for ws in (host, *buyers):
+        await ws.close()
