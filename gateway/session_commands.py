@@ -26,12 +26,14 @@ from livecore.deals import public_deal
 from livecore.errors import (
     BadRequest,
     Banned,
+    DealNotLive,
     Forbidden,
     LiveCoreError,
     Muted,
     NotFound,
     RateLimited,
     Unauthenticated,
+    ValidationFailed,
 )
 from livecore.ids import new_id, now_ms
 from livecore.models import DealIn, parse
@@ -195,7 +197,12 @@ async def deal_claim(c: CommandContext, frame: dict[str, Any]) -> dict[str, Any]
     key = frame.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 200):
         raise BadRequest("`idempotency_key` must be a short string")
-    reservation = await services.deals.claim(c.show_id, deal_id, claims.sub, qty, key)
+    try:
+        reservation = await services.deals.claim(c.show_id, deal_id, claims.sub, qty, key)
+    except NotFound:
+        # The socket's claim codes are PROTOCOL §5's list: a deal this show does
+        # not have is not live here. (HTTP answers 404 for the same claim.)
+        raise DealNotLive("no such deal in this show") from None
     c.ctx.hub.note_claim(c.show_id)
     return {"reservation": reservation}
 
@@ -247,7 +254,12 @@ async def product_unpin(c: CommandContext, frame: dict[str, Any]) -> dict[str, A
 @command("deal.launch")
 async def deal_launch(c: CommandContext, frame: dict[str, Any]) -> dict[str, Any]:
     fields = {k: v for k, v in frame.items() if k not in ("type", "id")}
-    data = parse(DealIn, fields)
+    try:
+        data = parse(DealIn, fields)
+    except ValidationFailed as exc:
+        # On the socket a frame with wrong or missing fields is `bad_request`
+        # (PROTOCOL §5); HTTP keeps its 422 `validation_error`.
+        raise BadRequest(exc.message, **exc.extra) from None
     deal = await c.ctx.services.deals.launch(c.show_id, data)
     return {"deal": public_deal(deal)}
 

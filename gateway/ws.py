@@ -215,9 +215,13 @@ async def _session(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claims | 
 
 
 async def _history(ctx: AppContext, show_id: str, resume_from: int, upto: int) -> tuple[list[str], bool]:
-    """Events with resume_from < seq <= upto, minus deleted chat; and whether history reached back."""
+    """Events with resume_from < seq <= upto, and whether history reached back.
+
+    A chat message deleted since is replayed as a `chat.deleted` under the
+    message's own seq: the replay stays gap-free and the text never comes back."""
     if resume_from >= upto:
-        return [], resume_from == upto or upto == 0
+        # Ahead of the server (it lost its history): not a recovery.
+        return [], resume_from == upto
     key = ctx.services.keys.show(show_id, "events")
     entries: Any = await ctx.services.redis.xrange(key, min=f"{resume_from + 1}-0", max=f"{upto}-0")
     if not entries or int(entries[0][0].split("-")[0]) != resume_from + 1:
@@ -227,9 +231,11 @@ async def _history(ctx: AppContext, show_id: str, resume_from: int, upto: int) -
     for _, fields in entries:
         data = fields["d"]
         if deleted and '"chat.message"' in data:
-            msg = orjson.loads(data).get("message", {})
-            if msg.get("id") in deleted:
-                continue
+            event = orjson.loads(data)
+            msg_id = event.get("message", {}).get("id")
+            if msg_id in deleted:
+                data = orjson.dumps({"type": "chat.deleted", "seq": event.get("seq"),
+                                     "ts": event.get("ts"), "message_id": msg_id}).decode()
         out.append(data)
     return out, True
 

@@ -81,7 +81,12 @@ def chat_text(frame: dict[str, Any]) -> str:
 
 
 def emoji(frame: dict[str, Any]) -> str:
+    """The reaction in its canonical form: "❤" with or without the emoji
+    variation selector (U+FE0F) is the same heart."""
     value = frame.get("emoji")
+    if isinstance(value, str) and value not in ALLOWED_EMOJI and len(value) <= 8:
+        bare = value.replace("\ufe0f", "")
+        value = next((e for e in ALLOWED_EMOJI if e.replace("\ufe0f", "") == bare), value)
     if not isinstance(value, str) or value not in ALLOWED_EMOJI:
         raise BadRequest("`emoji` must be one of " + " ".join(sorted(ALLOWED_EMOJI)))
     return value

@@ -130,10 +130,15 @@ async def test_delete_pin_and_resume_never_shows_deleted(http: httpx.AsyncClient
     assert back.welcome["recovered"] is True
     assert back.welcome["pinned_message"]["id"] == keep["message_id"]
     events: list[dict[str, Any]] = []
-    while not any(e.get("type") == "chat.deleted" for e in events):
+    while not events or events[-1].get("seq") != back.welcome["seq"]:
         events.append(await back.recv())
     ids = [e["message"]["id"] for e in events if e.get("type") == "chat.message"]
     assert keep["message_id"] in ids and gone["message_id"] not in ids
+    # The replay stays gap-free: the deleted message's seq carries a chat.deleted.
+    seqs = [e["seq"] for e in events if "seq" in e]
+    assert seqs == list(range(start_seq + 1, back.welcome["seq"] + 1))
+    tombstone = next(e for e in events if e.get("type") == "chat.deleted")
+    assert tombstone["message_id"] == gone["message_id"] and "text" not in tombstone
     assert any(e.get("type") == "chat.pinned" for e in events)
     # refusal paths: viewer and host cannot moderate
     assert (await viewer.request("chat.delete", message_id=keep["message_id"]))["code"] == "forbidden"

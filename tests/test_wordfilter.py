@@ -59,3 +59,18 @@ def test_token_bucket() -> None:
     assert 0.99 < wait <= 1.0
     assert bucket.take(1.0) == 0
     assert bucket.take(1.0) > 0
+
+
+@pytest.mark.parametrize("text", [
+    "Does this camera ship?", "Is cam ok", "hello 5 came", "Price of a key", "one of a kettle",
+    "visit example.com", "classic glass", "I'm a fan of Kettle chips",
+])
+def test_innocent_messages_across_word_boundaries_pass(text: str) -> None:
+    # Spacing tricks are caught inside runs of single letters only, never by
+    # gluing real words together ("this camera" → "scam").
+    assert check(text, list(DEFAULT_WORDS), hold_links=False) is None
+
+
+@pytest.mark.parametrize("text", ["s c a m", "s.c.a.m", "ن ص ب", "scammers", "f a k e news"])
+def test_spelled_out_and_inflected_words_are_held(text: str) -> None:
+    assert check(text, list(DEFAULT_WORDS), hold_links=False) is not None

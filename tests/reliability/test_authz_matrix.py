@@ -403,7 +403,7 @@ async def test_socket_command_matrix_and_staff_only_events(edge: ServerProc) -> 
     assert mismatches == [], "\n".join(mismatches)
     assert checked == len(COMMAND_TABLE) * len(sessions) == 21 * 12
     # ids of the other show are refused, and the other show is untouched
-    assert cross_show["deal.claim"] == {"not_found"}
+    assert cross_show["deal.claim"] == {"deal_not_live"}  # the socket's claim codes (PROTOCOL §5)
     assert cross_show["deal.cancel"] == {"not_found"}
     assert cross_show["chat.pin"] == {"not_found"}
     assert cross_show["chat.approve"] == cross_show["chat.reject"] == {"not_found"}
