@@ -257,7 +257,7 @@ class Hub:
     # ---- lifecycle ------------------------------------------------------
 
     def start(self) -> None:
-        self.timers = [asyncio.ensure_future(self._timer(self.settings.tick_interval_s, self._ticks)),
+        self.timers = [asyncio.ensure_future(self._timer(self.settings.tick_interval_s, self._ticks, True)),
                        asyncio.ensure_future(self._timer(self.settings.viewers_interval_s, self._presence)),
                        asyncio.ensure_future(self._timer(self.settings.reactions_interval_s, self._reactions)),
                        asyncio.ensure_future(self._timer(self.settings.stats_interval_s, self._stats))]
@@ -278,9 +278,14 @@ class Hub:
         with contextlib.suppress(Exception):
             await self.redis.hdel(self.keys.prefix + ":nodes", self.node_id)
 
-    async def _timer(self, interval: float, fn: Callable[[], Awaitable[None]]) -> None:
+    async def _timer(self, interval: float, fn: Callable[[], Awaitable[None]], fixed_rate: bool = False) -> None:
+        # fixed_rate: every `interval` from the start, not interval + run time. A 10 000-viewer
+        # tick broadcast takes ~0.15 s, and deal.tick must come at least once a second (PROTOCOL §4).
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, next_at - loop.time()) if fixed_rate else interval)
+            next_at = max(next_at + interval, loop.time())
             try:
                 await fn()
             except asyncio.CancelledError:
@@ -590,11 +595,13 @@ class Hub:
             res = await pipe.execute()
             chat = sum(int(r[0] or 0) for r in res[:6])
             reactions = sum(int(r[1] or 0) for r in res[:6])
-            peak = max(int(res[7] or 0), ch.peak, ch.viewers_total)
+            # One reading: _presence may update viewers_total during the awaits below.
+            viewers = ch.viewers_total
+            peak = max(int(res[7] or 0), ch.peak, viewers)
             if peak > int(res[7] or 0):
                 await self.redis.set(self.keys.show(ch.show_id, "peak"), peak)
             extra = await self.stats_source(ch.show_id) if self.stats_source else {}
-            frame = orjson.dumps({"type": "stats", "viewers": ch.viewers_total, "peak_viewers": peak,
+            frame = orjson.dumps({"type": "stats", "viewers": viewers, "peak_viewers": peak,
                                   "chat_per_min": chat, "reactions_per_min": reactions,
                                   "claims": int(res[6] or 0), **extra,
                                   "server_time": now_ms()}).decode()
