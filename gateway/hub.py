@@ -473,9 +473,10 @@ class Hub:
     def _send_tick(self, ch: ShowChannel) -> None:
         if ch.deal is None:
             return
+        now = now_ms()
         frame = orjson.dumps({"type": "deal.tick", "deal_id": ch.deal.id,
                               "remaining": ch.deal.remaining, "ends_at": ch.deal.ends_at,
-                              "server_time": now_ms()}).decode()
+                              "server_time": now, "ts": now}).decode()
         self._broadcast(ch, frame, droppable=True)
 
     async def _ticks(self) -> None:
@@ -604,7 +605,7 @@ class Hub:
             frame = orjson.dumps({"type": "stats", "viewers": viewers, "peak_viewers": peak,
                                   "chat_per_min": chat, "reactions_per_min": reactions,
                                   "claims": int(res[6] or 0), **extra,
-                                  "server_time": now_ms()}).decode()
+                                  "server_time": (now := now_ms()), "ts": now}).decode()
             self._broadcast(ch, frame, hosts_only=True, droppable=True)
 
     def invalidate_faq(self, show_id: str) -> None:
