@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from livecore.errors import Conflict, NotFound, ShowEnded
+from livecore.errors import NotFound, ShowEnded
 from livecore.ids import new_id, now_ms
 from livecore.models import ProductIn, ShowIn
 
@@ -27,14 +27,11 @@ class Catalogue:
         self.pool = pool
 
     async def create_product(self, data: ProductIn) -> dict[str, Any]:
-        try:
-            row = await self.pool.fetchrow(
-                f"INSERT INTO products ({PRODUCT_COLS}, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
-                f" RETURNING {PRODUCT_COLS}",
-                new_id("p"), data.sku, data.name, data.price_cents, data.currency,
-                data.image_url, data.stock, now_ms())
-        except asyncpg.UniqueViolationError:
-            raise Conflict(f"a product with sku {data.sku!r} exists", field="sku") from None
+        row = await self.pool.fetchrow(
+            f"INSERT INTO products ({PRODUCT_COLS}, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
+            f" RETURNING {PRODUCT_COLS}",
+            new_id("p"), data.sku, data.name, data.price_cents, data.currency,
+            data.image_url, data.stock, now_ms())
         result = product_dict(row)
         assert result is not None
         return result

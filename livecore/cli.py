@@ -65,7 +65,10 @@ async def _check_backends(settings: Settings) -> None:
 
 @app.command()
 def serve(host: Annotated[str | None, typer.Option(help="Bind address")] = None,
-          port: Annotated[int | None, typer.Option(help="Bind port")] = None) -> None:
+          port: Annotated[int | None, typer.Option(help="Bind port")] = None,
+          migrate: Annotated[bool, typer.Option(
+              help="Apply pending migrations first (idempotent; concurrent nodes take turns)")] = True,
+          ) -> None:
     """Production server: uses LIVECORE_REDIS_URL / LIVECORE_DATABASE_URL, never embedded servers."""
     settings = Settings()
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -73,6 +76,14 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address")] = None,
     if not settings.redis_url or not settings.database_url:
         raise SystemExit("error: set LIVECORE_REDIS_URL and LIVECORE_DATABASE_URL (or use `livecore up`)")
     asyncio.run(_check_backends(settings))
+    if migrate:
+        # A node on a fresh or older database serves the schema it was built
+        # for, rather than failing every request until someone runs `migrate`.
+        from livecore.db import migrate as run_migrations
+
+        applied = asyncio.run(run_migrations(settings.database_url))
+        if applied:
+            print("migrations applied: " + ", ".join(applied), flush=True)
     _run_server(settings)
 
 
@@ -157,7 +168,8 @@ async def _prepare_demo(settings: Settings) -> list[tuple[str, str]]:
     host_t, _ = tokens.mint(sub="host-1", name="Host", role="host", show=sid, ttl_s=12 * 3600)
     mod_t, _ = tokens.mint(sub="mod-1", name="Moderator", role="moderator", show=sid, ttl_s=12 * 3600)
     admin_t, _ = tokens.mint(sub="admin", name="Admin", role="admin", show="*", ttl_s=12 * 3600)
-    return [("viewer", f"{base}/?show={sid}"), ("host", f"{base}/host?show={sid}&token={host_t}"),
+    viewer_t, _ = tokens.mint(sub="viewer-1", name="Viewer", role="viewer", show=sid, ttl_s=12 * 3600)
+    return [("viewer", f"{base}/?show={sid}&token={viewer_t}"), ("host", f"{base}/host?show={sid}&token={host_t}"),
             ("moderator", f"{base}/moderator?show={sid}&token={mod_t}"),
             ("admin", f"token {admin_t}")]
 

@@ -8,9 +8,10 @@ import sys
 import uuid
 
 import asyncpg
+import httpx
 
 from livecore.embedded import free_port
-from tests.support import ROOT, SECRET, TOKENS, Backends, server_env
+from tests.support import ADMIN, ROOT, SECRET, TOKENS, Backends, ServerProc, server_env
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -34,6 +35,34 @@ def test_migrate_twice_is_a_noop(backends: Backends) -> None:
     assert "applied: 0001_init" in first.stdout
     second = run(["migrate"], env)
     assert second.returncode == 0 and "up to date" in second.stdout
+
+
+def test_serve_migrates_a_fresh_database_and_python_m_livecore_works(backends: Backends) -> None:
+    admin_dsn = backends.database_url.rpartition("/")[0] + "/postgres"
+    name = f"cli_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+
+    asyncio.run(create())
+    env = server_env(backends.redis_url, backends.database_url.rpartition("/")[0] + f"/{name}",
+                     f"cli{uuid.uuid4().hex[:6]}")
+    node = ServerProc(free_port(), env).start()  # `livecore serve` on an empty database
+    try:
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        body = {"sku": "SAME-1", "name": "Mug", "price_cents": 900, "currency": "USD", "stock": 3}
+        # the schema is there, and a SKU may repeat (PROTOCOL §3 does not make it unique)
+        first = httpx.post(node.base_url + "/api/v1/products", headers=auth, json=body)
+        second = httpx.post(node.base_url + "/api/v1/products", headers=auth, json=body)
+        assert first.status_code == second.status_code == 201, (first.text, second.text)
+        assert first.json()["id"] != second.json()["id"]
+    finally:
+        node.stop()
+    out = subprocess.run([sys.executable, "-m", "livecore", "migrate"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "up to date" in out.stdout, out.stderr
 
 
 def test_token_command_signs_with_the_secret(backends: Backends) -> None:
