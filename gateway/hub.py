@@ -69,15 +69,6 @@ class _Resume:
                     return
 
 
-class _NoWake:
-    """`Conn.wake.set()` is still called by gateway/ws.py after `start()`; nothing to wake now."""
-
-    __slots__ = ()
-
-    def set(self) -> None:
-        pass
-
-
 class Conn:
     """One client socket as the hub sees it: a bounded queue, and a writer task only when needed.
 
@@ -108,8 +99,6 @@ class Conn:
         "user_id",
         "writer",
     )
-
-    wake = _NoWake()
 
     def __init__(self, show_id: str, role: str, user_id: str | None, send: SendText,
                  close_fn: CloseFn, max_queue: int, batch_ok: bool = True) -> None:
@@ -377,6 +366,11 @@ class Hub:
                     else:
                         for d in datas:
                             self._on_volatile(ch, orjson.loads(d))
+                if self.settings.batch_window_ms > 0:
+                    # Fixed window: what arrives meanwhile goes out as one batch frame
+                    # (PROTOCOL §5 allows up to 100 ms). 0 = adaptive: a batch is
+                    # whatever piled up while the last one was being sent.
+                    await asyncio.sleep(self.settings.batch_window_ms / 1000)
             except asyncio.CancelledError:
                 raise
             except Exception:

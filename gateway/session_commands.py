@@ -7,6 +7,7 @@ and become `error` frames in gateway/ws.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -115,8 +116,12 @@ async def chat_send(c: CommandContext, frame: dict[str, Any]) -> dict[str, Any]:
         await c.ctx.services.bus.publish_staff(c.show_id, "chat.flagged",
                                                {"message": message, "reason": held})
         return {"message_id": message["id"], "held": True}
-    await mod.remember(c.show_id, message)
-    await c.ctx.services.bus.publish(c.show_id, "chat.message", {"message": message})
+    # Together, not one after the other: under a big fanout each round trip
+    # waits behind a broadcast, and the host's next message waits behind both.
+    # (A moderator can only act on the message after seeing it, long after
+    # `remember` has landed.)
+    await asyncio.gather(mod.remember(c.show_id, message),
+                         c.ctx.services.bus.publish(c.show_id, "chat.message", {"message": message}))
     c.ctx.hub.note_chat(c.show_id)
     RECORDER.count(c.show_id, "chat")
     try:

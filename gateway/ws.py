@@ -210,7 +210,8 @@ async def _session(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claims | 
     conn.queue.extend(replay)
     hub.go_live(conn, seq)
     conn.start()
-    conn.wake.set()
+    # The snapshot is queued: don't keep it alive for the connection's lifetime.
+    del welcome, replay
     await _read_frames(ctx, ws, conn, claims, endpoint)
 
 

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     hello_timeout_s: float = Field(5.0, description="Seconds a socket may wait before sending hello (then 4408).")
     send_queue_max: int = Field(1024, description="Outgoing frames buffered per connection before it is closed 1013.")
     history_max: int = Field(1000, description="Events kept per show in the Redis history stream (approximate).")
-    batch_window_ms: int = Field(0, description="Group events into batch frames within this window (0 = adaptive: only when busy).")
+    batch_window_ms: int = Field(0, ge=0, le=100, description="Group events into batch frames within this window, at most 100 ms (0 = adaptive: events that piled up while the last read was fanned out go out together).")
     tick_interval_s: float = Field(1.0, description="Interval of deal.tick frames.")
     viewers_interval_s: float = Field(2.0, description="Interval of coalesced viewers frames.")
     reactions_interval_s: float = Field(1.0, description="Aggregation window of reactions frames.")
