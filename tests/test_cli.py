@@ -19,7 +19,8 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_migrate_twice_is_a_noop(backends: Backends) -> None:
+def empty_database(backends: Backends) -> str:
+    """The name of a new database on the session's PostgreSQL, with no tables."""
     admin_dsn = backends.database_url.rpartition("/")[0] + "/postgres"
     name = f"cli_{uuid.uuid4().hex[:8]}"
 
@@ -29,6 +30,11 @@ def test_migrate_twice_is_a_noop(backends: Backends) -> None:
         await conn.close()
 
     asyncio.run(create())
+    return name
+
+
+def test_migrate_twice_is_a_noop(backends: Backends) -> None:
+    name = empty_database(backends)
     env = server_env(backends.redis_url, backends.database_url.rpartition("/")[0] + f"/{name}", "cli")
     first = run(["migrate"], env)
     assert first.returncode == 0, first.stderr
@@ -38,15 +44,7 @@ def test_migrate_twice_is_a_noop(backends: Backends) -> None:
 
 
 def test_serve_migrates_a_fresh_database_and_python_m_livecore_works(backends: Backends) -> None:
-    admin_dsn = backends.database_url.rpartition("/")[0] + "/postgres"
-    name = f"cli_{uuid.uuid4().hex[:8]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        await conn.close()
-
-    asyncio.run(create())
+    name = empty_database(backends)
     env = server_env(backends.redis_url, backends.database_url.rpartition("/")[0] + f"/{name}",
                      f"cli{uuid.uuid4().hex[:6]}")
     node = ServerProc(free_port(), env).start()  # `livecore serve` on an empty database
