@@ -185,19 +185,23 @@ async def _session(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claims | 
     channel = await hub.join(conn)
     RECORDER.viewer_joined(conn.show_id, id(conn), conn.user_id, conn.role)
     seq = channel.last_seq
-    deal = await services.deals.live_deal(conn.show_id)
+    # Read after `seq` was taken (a change after it arrives as an event), and all
+    # at once: a reconnect storm waits one round trip per join, not four.
+    deal, pinned, viewers, pinned_message = await asyncio.gather(
+        services.deals.live_deal(conn.show_id), services.shows.pinned_product(conn.show_id),
+        hub.viewers(conn.show_id), services.moderation.pinned_message(conn.show_id))
     welcome: dict[str, Any] = {
         "type": "welcome", "session_id": uuid.uuid4().hex,
         "user": ({"id": claims.sub, "name": claims.name, "role": claims.role} if claims
                  else {"id": None, "name": "anonymous", "role": "viewer"}),
         "server_time": now_ms(),
         "show": {"id": show["id"], "title": show["title"], "status": show["status"]},
-        "pinned": await services.shows.pinned_product(conn.show_id),
+        "pinned": pinned,
         "deal": public_deal(deal) if deal else None,
-        "viewers": await hub.viewers(conn.show_id),
+        "viewers": viewers,
         "seq": seq, "recovered": False,
         "node": ctx.node_id,
-        "pinned_message": await services.moderation.pinned_message(conn.show_id),
+        "pinned_message": pinned_message,
     }
     replay: list[str] = []
     if resume_from is not None:
