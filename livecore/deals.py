@@ -16,9 +16,11 @@ PostgreSQL is the record (deals, orders, product stock). The rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +109,19 @@ def fingerprint(*parts: object) -> str:
 def is_redis_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError | ConnectionError | TimeoutError) or \
         type(exc).__module__.startswith("redis")
+
+
+@contextlib.contextmanager
+def store_outage() -> Iterator[None]:
+    """A Redis outage inside the block is `unavailable` (clients retry), never `internal`."""
+    try:
+        yield
+    except LiveCoreError:
+        raise
+    except Exception as exc:
+        if is_redis_error(exc):
+            raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
+        raise
 
 
 @dataclass
@@ -321,17 +336,7 @@ class DealEngine:
         ikey = f"{user_id}:{idempotency_key}" if idempotency_key else ""
         fp = fingerprint(deal_id, qty) if idempotency_key else ""
         args: list[Any] = [user_id, qty, rid, ikey, fp]
-        try:
-            res = await self.batcher.submit(deal_id, args)
-            if res[0] == "missing":
-                await self.rebuild(deal_id)
-                res = await self.batcher.submit(deal_id, args)
-        except LiveCoreError:
-            raise
-        except Exception as exc:
-            if is_redis_error(exc):
-                raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
-            raise
+        res = await self._call_rebuilding(deal_id, lambda: self.batcher.submit(deal_id, args))
         if res[0] == "missing":
             raise NotFound("unknown deal")
         if res[0] == "err":
@@ -348,6 +353,16 @@ class DealEngine:
             RECORDER.count(static["show_id"], "claims.ok", dim=deal_id)
         return {"id": rid, "deal_id": deal_id, "qty": int(q), "price_cents": static["price_cents"],
                 "currency": static["currency"], "expires_at": int(exp), "status": "held"}
+
+    async def _call_rebuilding(self, deal_id: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a deal script; if Redis no longer has the deal ("missing": data
+        lost), rebuild it from PostgreSQL once and run the script again."""
+        with store_outage():
+            res = await call()
+            if res[0] == "missing":
+                await self.rebuild(deal_id)
+                res = await call()
+        return res
 
     async def _deal_static(self, deal_id: str) -> dict[str, Any]:
         """A deal's immutable fields, cached; concurrent misses share one query
@@ -397,17 +412,8 @@ class DealEngine:
     async def confirm(self, rid: str, user_id: str, payment_ref: str) -> dict[str, Any]:
         deal_id = deal_of_reservation(rid)
         dkeys = self.keys.deal_keys(deal_id)
-        try:
-            res = await self.fns.call("lc_confirm_begin", dkeys[:4], [rid, user_id, CONFIRM_LEASE_MS])
-            if res[0] == "missing":
-                await self.rebuild(deal_id)
-                res = await self.fns.call("lc_confirm_begin", dkeys[:4], [rid, user_id, CONFIRM_LEASE_MS])
-        except LiveCoreError:
-            raise
-        except Exception as exc:
-            if is_redis_error(exc):
-                raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
-            raise
+        res = await self._call_rebuilding(deal_id, lambda: self.fns.call(
+            "lc_confirm_begin", dkeys[:4], [rid, user_id, CONFIRM_LEASE_MS]))
         if res[0] == "sold" or (res[0] == "err" and res[1] == "not_found"):
             existing = await self._order_by_reservation(rid)
             if existing is not None:
@@ -485,12 +491,8 @@ class DealEngine:
     async def release(self, rid: str, user_id: str) -> None:
         deal_id = deal_of_reservation(rid)
         dkeys = self.keys.deal_keys(deal_id)
-        try:
+        with store_outage():
             res = await self.fns.call("lc_release", dkeys[:4], [rid, user_id])
-        except Exception as exc:
-            if is_redis_error(exc):
-                raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
-            raise
         if res[0] == "ok":
             static = await self._deal_static(deal_id)
             self._note_remaining(static["show_id"], deal_id, int(res[1]))
@@ -515,19 +517,13 @@ class DealEngine:
         if row["status"] != "live":
             raise DealNotLive("the deal has already ended")
         state = self.keys.deal(deal_id, "state")
-        try:
+        with store_outage():
             # Redis first: from here on no claim succeeds. 0 = already ended
             # there (sold out, time) or the state is gone (rebuild, then end).
             if await self.fns.call("lc_end_deal", [state], ["cancelled"]) == 0 \
                     and not await self.redis.exists(state):
                 await self.rebuild(deal_id)
                 await self.fns.call("lc_end_deal", [state], ["cancelled"])
-        except LiveCoreError:
-            raise
-        except Exception as exc:
-            if is_redis_error(exc):
-                raise Unavailable("reservation store unavailable", retry_after_ms=500) from exc
-            raise
         await self.finalize(deal_id, None)
         return await self.get(deal_id)
 
