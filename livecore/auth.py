@@ -66,7 +66,6 @@ class TokenService:
             raise Unauthenticated("only admin tokens may span shows")
         name = data.get("name") if isinstance(data.get("name"), str) else sub
         # PROTOCOL §2 requires sub, name, role, show; `exp` is honoured when present
-        # (PyJWT checks it) and our own tokens always carry one. 0 = no expiry.
-        exp = data.get("exp", 0)
+        # (PyJWT checks it is an integer and in the future); ours always carry one.
         return Claims(sub=sub, name=str(name)[:64], role=role, show=show,
-                      exp=int(exp) if isinstance(exp, int | float) else 0)
+                      exp=int(data.get("exp", 0)))  # 0 = no expiry

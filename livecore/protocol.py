@@ -9,6 +9,7 @@ import orjson
 from livecore.errors import BadRequest, TooLong
 
 ALLOWED_EMOJI = frozenset({"❤️", "🔥", "👏", "😂", "😮", "🛒", "👍", "🎉"})
+_EMOJI_BY_BARE = {e.replace("\ufe0f", ""): e for e in ALLOWED_EMOJI}
 MAX_CHAT = 500
 MAX_REQUEST_ID = 64
 
@@ -84,9 +85,8 @@ def emoji(frame: dict[str, Any]) -> str:
     """The reaction in its canonical form: "❤" with or without the emoji
     variation selector (U+FE0F) is the same heart."""
     value = frame.get("emoji")
-    if isinstance(value, str) and value not in ALLOWED_EMOJI and len(value) <= 8:
-        bare = value.replace("\ufe0f", "")
-        value = next((e for e in ALLOWED_EMOJI if e.replace("\ufe0f", "") == bare), value)
+    if isinstance(value, str) and len(value) <= 8:
+        value = _EMOJI_BY_BARE.get(value.replace("\ufe0f", ""), value)
     if not isinstance(value, str) or value not in ALLOWED_EMOJI:
         raise BadRequest("`emoji` must be one of " + " ".join(sorted(ALLOWED_EMOJI)))
     return value

@@ -45,37 +45,38 @@ def _collapse_repeats(text: str) -> str:
     return re.sub(r"(.)\1+", r"\1", text)
 
 
-def _candidates(text: str) -> tuple[set[str], list[str]]:
-    """Whole tokens, and the strings to search inside: each token, plus each run
-    of single letters joined ("s c a m", "s.c.a.m" → "scam"). Never text glued
-    across real words: "this camera" must not read as "scam"."""
+def _spans(text: str) -> list[str]:
+    """The folded tokens, plus each run of single letters joined ("s c a m",
+    "s.c.a.m" → "scam"). Never text glued across real words: "this camera"
+    must not read as "scam"."""
     tokens = [t for t in _SEPARATORS.split(fold(text)) if t]
-    inside = list(tokens)
+    spans = list(tokens)
     run: list[str] = []
     for t in [*tokens, ""]:
         if len(t) == 1:
             run.append(t)
             continue
         if len(run) > 1:
-            inside.append("".join(run))
+            spans.append("".join(run))
         run = []
-    return set(inside) | {_collapse_repeats(t) for t in inside}, inside
+    return spans
 
 
 def find_banned(text: str, words: list[str] | tuple[str, ...]) -> str | None:
     """The first banned word found in `text`, or None."""
-    tokens, inside = _candidates(text)
-    collapsed = [_collapse_repeats(s) for s in inside]
+    spans = _spans(text)
+    collapsed = [_collapse_repeats(s) for s in spans]
+    whole = set(spans) | set(collapsed)
     for word in words:
         w = squash(word)
         if not w:
             continue
-        if w in tokens or _collapse_repeats(w) in tokens:
+        cw = _collapse_repeats(w)
+        if w in whole or cw in whole:
             return word
-        # Inside a token ("scammers", "$c4mmer") or a spelled-out run; only for
-        # words long enough not to flag innocent longer words ("class" ≠ "ass").
-        if len(w) >= 4 and (any(w in s for s in inside)
-                            or any(_collapse_repeats(w) in s for s in collapsed)):
+        # Inside a span ("scammers", "$c4mmer"); only for words long enough not
+        # to flag innocent longer words ("class" ≠ "ass").
+        if len(w) >= 4 and (any(w in s for s in spans) or any(cw in s for s in collapsed)):
             return word
     return None
 
