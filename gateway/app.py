@@ -41,9 +41,6 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' data: https: http:; media-src 's
             "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
-HEADER_TIMEOUT_S = 10.0
-
-
 def http_protocol(settings: Settings) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with a deadline for request headers.
 
@@ -56,7 +53,7 @@ def http_protocol(settings: Settings) -> type[asyncio.Protocol]:
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    timeout = float(getattr(settings, "header_timeout_s", HEADER_TIMEOUT_S))
+    timeout = settings.header_timeout_s
     body = b'{"error":{"code":"request_timeout","message":"request headers took too long"}}'
     answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
               b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)

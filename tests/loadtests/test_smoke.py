@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,13 +22,11 @@ def clean_env() -> dict[str, str]:
 
 
 def test_flash_sale_smoke(tmp_path: Path) -> None:
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "loadtests", "--scenario", "flash-sale", "--users", "24", "--units", "8",
          "--hold-ttl", "3", "--deal-duration", "12", "--spawn-rate", "24", "--run-time", "35",
          "--reports-dir", str(tmp_path), "--quiet"],
         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
-    elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (report,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert report.name.startswith("flash-sale-")
@@ -60,7 +57,6 @@ def test_flash_sale_smoke(tmp_path: Path) -> None:
     assert ("EVENT", "deal.started") in rows
     assert ("CLAIM", "http ok") in rows
     assert ("RATE", "frames/s") in rows
-    assert elapsed < 40, f"smoke run took {elapsed:.1f}s"
 
 
 def test_refuses_remote_target_without_allow_remote(tmp_path: Path) -> None:
