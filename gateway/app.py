@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,7 +27,6 @@ from gateway.context import AppContext
 from gateway.errors import BACKEND_DOWN, JSONBody, as_domain_error, error_body, error_response
 from gateway.hub import Hub
 from gateway.video import create_video_service
-from gateway.ws import socket_endpoint
 from livecore.deals import public_deal
 from livecore.errors import LiveCoreError, PayloadTooLarge
 from livecore.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -292,7 +291,6 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         *http_api.routes,
         *http_analytics.routes,
-        WebSocketRoute("/ws/{role}/{show}", socket_endpoint),
         LazyRoutes(video_routes),
         Mount("/static", app=StaticFiles(directory=HERE / "static", check_dir=False), name="static"),
         page("viewer"), page("host"), page("moderator"),

@@ -3,10 +3,11 @@
 Each show with local subscribers has a ShowChannel that tails the show's
 Redis streams (events, staff, vol) with one blocking XREAD. Every event
 arrives as final frame text (seq already inside), so the hub never encodes
-per connection: it appends the same `str` to each connection's bounded queue
-and each connection's own writer task drains it. The broadcast loop has no
-`await` per connection, and a slow client can only hurt itself: droppable
-frames are skipped for it, and when its queue overflows it is closed 1013.
+per connection: it pushes the same `str` to every connection, the socket
+layer turns it into frame bytes once (gateway/wire.py) and each push is one
+`transport.write`. The broadcast loop has no `await` per connection, and a
+slow client can only hurt itself: its frames wait in its bounded queue,
+droppable ones are skipped for it, and when the queue overflows it is closed 1013.
 
 Ticks, viewer counts, reactions and host stats are generated here per node on
 timers, one encode per show per interval.
@@ -19,9 +20,9 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -35,101 +36,67 @@ from livecore.tasks import spawn
 
 log = logging.getLogger("gateway.hub")
 
-SendText = Callable[[str], Awaitable[None]]
-CloseFn = Callable[[int, str], Awaitable[None]]
+class Sink(Protocol):
+    """What a Conn writes to: the connection's socket (gateway/socket_protocol.py)."""
 
+    def write_text(self, data: str) -> None: ...
 
-class _Resume:
-    """Awaiting this finishes a coroutine that was stepped once by hand and then suspended
-    on `first` (a future). Cancellation and other throws are passed on to the coroutine."""
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, waiting_on = self.coro, self.first
-        while True:
-            try:
-                value = yield waiting_on
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    waiting_on = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    waiting_on = coro.send(value)
-                except StopIteration:
-                    return
+    def close(self, code: int, reason: str) -> None: ...
 
 
 class Conn:
-    """One client socket as the hub sees it: a bounded queue, and a writer task only when needed.
+    """One client socket as the hub sees it: a bounded queue in front of the transport.
 
-    Fast path: while nothing is queued or in flight (`idle`), `push` sends inline by stepping
-    the `send` coroutine once. When it finishes in that step, the frame is in the transport
-    buffer: no task, future or wake-up per frame. When it suspends (transport paused: a slow
-    client), the half-run send goes to a writer task, which finishes it and then drains the
-    queue that builds up meanwhile, in order, bounded as before; the writer exits when the
-    queue is empty and the connection is idle again.
+    While the socket's transport accepts writes (`ready`), `push` writes at once: no
+    queue, task, future or await per frame. When the transport's buffer passes its
+    high-water mark (a slow client), the socket calls `pause`; frames then wait in
+    `queue`, droppable ones are skipped when it is full, and overflow closes the
+    client 1013. `resume` (the buffer drained) writes the queue out in order.
+    Until `start` (welcome and replay queued) nothing is written.
     """
 
     __slots__ = (
-        "_reason",
         "batch_ok",
-        "close_code",
-        "close_fn",
         "closing",
-        "idle",
-        "inflight",
         "live",
         "max_queue",
+        "paused",
         "pending",
         "queue",
+        "ready",
         "role",
-        "send",
         "show_id",
+        "sink",
         "staff",
+        "started",
         "user_id",
-        "writer",
     )
 
-    def __init__(self, show_id: str, role: str, user_id: str | None, send: SendText,
-                 close_fn: CloseFn, max_queue: int, batch_ok: bool = True) -> None:
+    def __init__(self, show_id: str, role: str, user_id: str | None, sink: Sink,
+                 max_queue: int, batch_ok: bool = True) -> None:
         self.show_id = show_id
         self.role = role
         self.user_id = user_id
         self.staff = role in ("host", "moderator", "admin")
-        self.send = send
-        self.close_fn = close_fn
+        self.sink = sink
         self.max_queue = max_queue
         self.batch_ok = batch_ok
         # A list, not a deque: an empty deque is 624 bytes, and this is empty nearly always
         # (pop(0) on a queue bounded at send_queue_max is cheap).
         self.queue: list[str] = []
         self.closing = False
-        self.close_code = 1000
         # Until the welcome (and any replay) is queued, live events wait here.
         self.live = False
         self.pending: list[tuple[int, str, str]] = []
-        # Started, nothing queued, nothing in flight: push may send inline.
-        self.idle = False
-        self.inflight: _Resume | None = None
-        self.writer: asyncio.Task[None] | None = None
-        self._reason = ""
+        self.started = False
+        self.paused = False
+        self.ready = False  # started and not paused: push writes straight through
 
     def push(self, data: str, droppable: bool = False) -> None:
-        if self.closing:
+        if self.ready:
+            self.sink.write_text(data)
             return
-        if self.idle:
-            FRAMES_OUT.inc()
-            self._send_inline(data)
+        if self.closing:
             return
         if len(self.queue) >= self.max_queue:
             if droppable:
@@ -139,65 +106,31 @@ class Conn:
             self.close(1013, "too slow: send queue overflowed")
             return
         self.queue.append(data)
-        FRAMES_OUT.inc()
 
-    def _send_inline(self, data: str) -> bool:
-        """Send now; False if the send suspended (handed to the writer) or the socket is gone."""
-        coro = self.send(data)  # type: ignore[arg-type]
-        try:
-            waiting_on = coro.send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            return True
-        except Exception:
-            self.idle = False
-            self.closing = True  # the socket is gone (what the writer did on a failed send)
-            return False
-        self.idle = False
-        self.inflight = _Resume(coro, waiting_on)  # type: ignore[arg-type]
-        self._start_writer()
-        return False
+    def start(self) -> None:
+        """The welcome (and replay) are queued: write them, then write through."""
+        self.started = True
+        if not self.paused:
+            self.resume()
 
-    def _start_writer(self) -> None:
-        if self.writer is None:
-            self.writer = asyncio.ensure_future(self._write_loop())
+    def pause(self) -> None:
+        self.paused = True
+        self.ready = False
+
+    def resume(self) -> None:
+        self.paused = False
+        queue = self.queue
+        # A write may pause the transport again (pause() runs inside it): stop there.
+        while queue and not self.paused and not self.closing:
+            self.sink.write_text(queue.pop(0))
+        self.ready = self.started and not self.paused and not self.closing
 
     def close(self, code: int, reason: str = "") -> None:
         if not self.closing:
             self.closing = True
-            self.idle = False
-            self.close_code = code
+            self.ready = False
             self.queue.clear()
-            self._reason = reason
-            self._start_writer()
-
-    def start(self) -> None:
-        """The welcome (and replay) are queued: send them, then go idle (the fast path)."""
-        while self.queue and not self.closing:
-            if not self._send_inline(self.queue.pop(0)):
-                return
-        if not self.closing:
-            self.idle = True
-
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                if self.inflight is not None:
-                    step, self.inflight = self.inflight, None
-                    await step
-                if self.closing or not self.queue:
-                    break
-                await self.send(self.queue.pop(0))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.closing = True
-            return
-        if self.closing:
-            with contextlib.suppress(Exception):
-                await self.close_fn(self.close_code, self._reason)
-            return
-        self.writer = None
-        self.idle = True
+            self.sink.close(code, reason)
 
 
 @dataclass
@@ -303,8 +236,6 @@ class Hub:
         ch.conns.discard(conn)
         self.conn_count -= 1
         CONNECTIONS.labels(conn.role).dec()
-        if conn.writer:
-            conn.writer.cancel()
         if not ch.conns:
             # Keep the channel a moment: reconnects are common and cheap to serve warm.
             asyncio.get_running_loop().call_later(30, self._maybe_drop, conn.show_id)
@@ -422,17 +353,23 @@ class Hub:
         batch_frame = None
         if len(parsed) > 1:
             batch_frame = '{"type":"batch","events":[' + ",".join(p[1] for p in parsed) + "]}"
+        frames = 0
         for conn in list(ch.conns):
             if not conn.live:
                 conn.pending.extend(parsed)
                 continue
             if batch_frame is not None and conn.batch_ok:
                 conn.push(batch_frame)
+                frames += 1
             else:
                 for _, data, _ in parsed:
                     conn.push(data)
+                frames += len(parsed)
+        # Counted per broadcast: a Counter.inc per frame (it takes a lock) cost as much as the write.
+        FRAMES_OUT.inc(frames)
 
     def _deliver(self, conn: Conn, data: str, type_: str) -> None:
+        FRAMES_OUT.inc()
         conn.push(data)
 
     def _apply_state(self, ch: ShowChannel, type_: str, event: dict[str, Any]) -> None:
@@ -455,12 +392,15 @@ class Hub:
 
     def _broadcast(self, ch: ShowChannel, data: str, *, staff_only: bool = False,
                    droppable: bool = False, hosts_only: bool = False) -> None:
+        frames = 0
         for conn in list(ch.conns):
             if not conn.live or (staff_only and not conn.staff):
                 continue
             if hosts_only and conn.role not in ("host", "admin"):
                 continue
             conn.push(data, droppable)
+            frames += 1
+        FRAMES_OUT.inc(frames)
 
     # ---- node-local generated events --------------------------------------
 

@@ -1,18 +1,20 @@
-"""WebSocket sessions (PROTOCOL §4–5): handshake, command dispatch, replies."""
+"""Socket sessions (PROTOCOL §4–5): hello, welcome, command dispatch, replies.
+
+The WebSocket mechanics are gateway/socket_protocol.py's; this is the LiveCore
+protocol on top, one Session per socket."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.context import AppContext
 from gateway.errors import as_domain_error
@@ -27,6 +29,9 @@ from livecore.ids import now_ms
 from livecore.metrics import FRAMES_IN
 from livecore.ratelimit import TokenBucket
 
+if TYPE_CHECKING:
+    from gateway.socket_protocol import SocketProtocol
+
 log = logging.getLogger("gateway.ws")
 
 ENDPOINT_ROLES = {"viewer": ("viewer", "host", "moderator", "admin"),
@@ -39,21 +44,6 @@ def error_frame(exc: LiveCoreError, re: Any) -> str:
         if key in exc.extra:
             body[key] = exc.extra[key]
     return orjson.dumps(body).decode()
-
-
-async def _receive(ws: WebSocket) -> str | bytes | None:
-    """One frame: text as str, binary as None (refused), disconnect raises."""
-    message = await ws.receive()
-    if message["type"] == "websocket.disconnect":
-        raise WebSocketDisconnect(message.get("code", 1000))
-    if message.get("text") is not None:
-        return str(message["text"])
-    return None
-
-
-async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    with contextlib.suppress(Exception):
-        await ws.close(code, reason)
 
 
 class Admission:
@@ -90,133 +80,264 @@ def admission_of(ctx: AppContext) -> Admission:
     return admission
 
 
-async def socket_endpoint(ws: WebSocket) -> None:
-    ctx: AppContext = ws.app.state.ctx
-    endpoint = ws.path_params["role"]
-    await ws.accept()
-    if endpoint not in ENDPOINT_ROLES:
-        await _close(ws, 4404, "unknown endpoint")
-        return
-    settings = ctx.settings
-    ip = ws.client.host if ws.client else "unknown"
-    admission = admission_of(ctx)
-    refused = admission.enter(ip, settings.max_connections, settings.max_connections_per_ip)
-    if refused is not None:
-        await _close(ws, 1013, refused)
-        return
-    try:
-        await _handshake(ctx, ws, endpoint)
-    except Exception as exc:
-        mapped = as_domain_error(exc)
-        if mapped is None:
-            raise
-        # PostgreSQL or Redis is down while we build the welcome: come back later.
-        log.warning("socket handshake failed: %s (%s)", mapped.code, type(exc).__name__)
-        await _close(ws, 1013, "service unavailable, retry shortly")
-    finally:
-        admission.leave(ip)
+class Session:
+    """The LiveCore protocol on one socket (PROTOCOL §4–5), driven by its frames.
 
+    No task waits on an idle socket: `on_message` handles a frame as it arrives,
+    and only work that awaits (the welcome, a command) runs in a task. One runs
+    at a time per socket, so replies keep the order of the requests; frames that
+    arrive meanwhile wait in `backlog` and the socket stops reading until it drains.
+    """
 
-async def _handshake(ctx: AppContext, ws: WebSocket, endpoint: str) -> None:
-    show_id = ws.path_params["show"]
-    settings = ctx.settings
-    deadline = time.monotonic() + settings.hello_timeout_s
-    # Frames before hello are all mistakes: a client gets `frame_burst` of them.
-    bucket = TokenBucket(settings.frame_rate_per_s, settings.frame_burst)
-    hello: tuple[str | None, int | None, bool] | None = None
-    try:
-        while hello is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            raw = await asyncio.wait_for(_receive(ws), remaining)
-            try:
-                hello = protocol.parse_hello(protocol.parse_frame(raw))
-            except BadRequest as exc:
-                if bucket.take(time.monotonic()) > 0:
-                    await _close(ws, 4429, "flooding")
-                    return
-                await ws.send_text(error_frame(exc, None))
-    except TimeoutError:
-        await _close(ws, 4408, "no hello in time")
-        return
-    except WebSocketDisconnect:
-        return
-    token, resume_from, batch_ok = hello
-    claims: Claims | None = None
-    if token is not None:
-        try:
-            claims = ctx.tokens.verify(token)
-        except Unauthenticated as exc:
-            await _close(ws, 4401, exc.message)
+    __slots__ = ("admitted", "backlog", "bucket", "busy", "claims", "cmd", "conn", "ctx", "dead",
+                 "endpoint", "hello_timer", "ip", "joined", "show_id", "sock", "strikes", "task")
+
+    def __init__(self, ctx: AppContext, sock: SocketProtocol, endpoint: str, show_id: str, ip: str) -> None:
+        self.ctx = ctx
+        self.sock = sock
+        self.endpoint = endpoint
+        self.show_id = show_id
+        self.ip = ip
+        self.admitted = False
+        self.joined = False
+        self.dead = False
+        self.busy = False
+        self.backlog: list[str | None] = []
+        self.conn: Conn | None = None
+        self.claims: Claims | None = None
+        self.cmd: CommandContext | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.strikes = 0
+        settings = ctx.settings
+        # Before hello: frames are all mistakes, and a client gets `frame_burst` of them.
+        self.bucket = TokenBucket(settings.frame_rate_per_s, settings.frame_burst)
+        self.hello_timer: asyncio.TimerHandle | None = None
+
+    # ---- lifecycle (called by the socket) ---------------------------------------
+
+    def opened(self) -> None:
+        if self.endpoint not in ENDPOINT_ROLES:
+            self.sock.close(4404, "unknown endpoint")
             return
-    elif endpoint != "viewer":
-        await _close(ws, 4401, "a token is required on this endpoint")
-        return
-    try:
-        show = await ctx.shows.get(show_id)
-    except asyncpg.DataError:
-        show = None  # an id PostgreSQL cannot even store names no show
-    if show is None:
-        await _close(ws, 4404, "unknown show")
-        return
-    if claims is not None and (claims.role not in ENDPOINT_ROLES[endpoint] or not claims.can_act_on(show_id)):
-        await _close(ws, 4403, "wrong role or show for this endpoint")
-        return
-    conn = Conn(show_id, endpoint if endpoint != "viewer" else "viewer",
-                claims.sub if claims else None, ws.send_text, ws.close, settings.send_queue_max, batch_ok)
-    if endpoint != "viewer":
-        conn.staff = True
-    try:
-        await _session(ctx, ws, conn, claims, show, resume_from, endpoint)
-    finally:
-        if conn.closing and conn.writer is not None:
-            # Let the writer deliver the close code (1013, 4429, 1012) before we let go.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(conn.writer), 2)
-        ctx.hub.leave(conn)
-        RECORDER.viewer_left(id(conn))
+        settings = self.ctx.settings
+        refused = admission_of(self.ctx).enter(self.ip, settings.max_connections,
+                                               settings.max_connections_per_ip)
+        if refused is not None:
+            self.sock.close(1013, refused)
+            return
+        self.admitted = True
+        self.hello_timer = asyncio.get_running_loop().call_later(settings.hello_timeout_s, self._no_hello)
 
+    def closed(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+        conn = self.conn
+        if conn is not None:
+            conn.closing = True
+            conn.ready = False
+            self.ctx.hub.leave(conn)
+            if self.joined:
+                RECORDER.viewer_left(id(conn))
+        if self.admitted:
+            self.admitted = False
+            admission_of(self.ctx).leave(self.ip)
 
-async def _session(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claims | None,
-                   show: dict[str, Any], resume_from: int | None, endpoint: str) -> None:
-    hub = ctx.hub
-    services = ctx.services
-    channel = await hub.join(conn)
-    RECORDER.viewer_joined(conn.show_id, id(conn), conn.user_id, conn.role)
-    seq = channel.last_seq
-    # Read after `seq` was taken (a change after it arrives as an event), and all
-    # at once: a reconnect storm waits one round trip per join, not four.
-    deal, pinned, viewers, pinned_message = await asyncio.gather(
-        services.deals.live_deal(conn.show_id), services.shows.pinned_product(conn.show_id),
-        hub.viewers(conn.show_id), services.moderation.pinned_message(conn.show_id))
-    welcome: dict[str, Any] = {
-        "type": "welcome", "session_id": uuid.uuid4().hex,
-        "user": ({"id": claims.sub, "name": claims.name, "role": claims.role} if claims
-                 else {"id": None, "name": "anonymous", "role": "viewer"}),
-        "server_time": now_ms(),
-        "show": {"id": show["id"], "title": show["title"], "status": show["status"]},
-        "pinned": pinned,
-        "deal": public_deal(deal) if deal else None,
-        "viewers": viewers,
-        "seq": seq, "recovered": False,
-        "node": ctx.node_id,
-        "pinned_message": pinned_message,
-    }
-    replay: list[str] = []
-    if resume_from is not None:
-        replay, recovered = await _history(ctx, conn.show_id, resume_from, seq)
-        welcome["recovered"] = recovered
-    if conn.staff:
-        welcome["moderation"] = await services.moderation.settings_of(conn.show_id)
-        welcome["held"] = await services.moderation.held_messages(conn.show_id)
-    conn.queue.append(orjson.dumps(welcome).decode())
-    conn.queue.extend(replay)
-    hub.go_live(conn, seq)
-    conn.start()
-    # The snapshot is queued: don't keep it alive for the connection's lifetime.
-    del welcome, replay
-    await _read_frames(ctx, ws, conn, claims, endpoint)
+    def shutdown(self, code: int, reason: str) -> None:
+        if self.conn is not None:
+            self.conn.close(code, reason)
+        else:
+            self.sock.close(code, reason)
+
+    def _no_hello(self) -> None:
+        self.hello_timer = None
+        if self.conn is None and not self.busy:
+            self.sock.close(4408, "no hello in time")
+
+    # ---- frames ----------------------------------------------------------------------
+
+    def on_message(self, raw: str | None) -> None:
+        """One text frame (binary as None)."""
+        if self.dead or self.sock.close_timer is not None:
+            return  # closing: whatever the client still sends is moot
+        if self.busy:
+            self.backlog.append(raw)
+            self.sock.pause_reading()
+            return
+        if self.conn is None:
+            self._on_hello(raw)
+        else:
+            self._on_command(raw)
+
+    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.busy = True
+        self.task = asyncio.ensure_future(self._guard(coro))
+
+    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("socket session failed")
+            self.shutdown(1011, "internal error")
+        finally:
+            self.busy = False
+            self.task = None
+            self._drain()
+
+    def _drain(self) -> None:
+        while self.backlog and not self.busy and not self.dead:
+            self.on_message(self.backlog.pop(0))
+        if not self.backlog:
+            self.sock.resume_reading()
+
+    def _on_hello(self, raw: str | None) -> None:
+        try:
+            hello = protocol.parse_hello(protocol.parse_frame(raw))
+        except BadRequest as exc:
+            if self.bucket.take(time.monotonic()) > 0:
+                self.sock.close(4429, "flooding")
+                return
+            self.sock.write_text(error_frame(exc, None))
+            return
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+            self.hello_timer = None
+        self._run(self._open(*hello))
+
+    def _on_command(self, raw: str | None) -> None:
+        conn, settings = self.conn, self.ctx.settings
+        assert conn is not None and self.cmd is not None
+        rid = None
+        try:
+            wait = self.bucket.take(time.monotonic())
+            if wait > 0:
+                self.strikes += 1
+                if self.strikes >= settings.flood_strikes:
+                    conn.close(4429, "flooding")
+                    return
+                raise RateLimited("slow down", retry_after_ms=int(wait * 1000) + 1)
+            if self.strikes:
+                self.strikes -= 1
+            frame = protocol.parse_frame(raw)
+            rid = protocol.request_id(frame)
+            type_ = frame["type"]
+            FRAMES_IN.labels(type_ if type_ in protocol.ALL_COMMANDS else "unknown").inc()
+            if type_ == "hello":
+                raise BadRequest("already said hello")
+            if type_ not in protocol.ALL_COMMANDS:
+                raise BadRequest(f"unknown frame type {type_[:40]!r}")
+            if type_ not in protocol.ENDPOINT_COMMANDS[self.endpoint]:
+                raise Forbidden(f"{type_} is not allowed on the {self.endpoint} endpoint")
+        except LiveCoreError as exc:
+            conn.push(error_frame(exc, rid))
+            return
+        self._run(self._command(conn, self.cmd, type_, frame, rid))
+
+    async def _command(self, conn: Conn, cmd: CommandContext, type_: str, frame: dict[str, Any],
+                       rid: Any) -> None:
+        try:
+            reply = await run_command(cmd, type_, frame)
+            if reply is not None:
+                conn.push(orjson.dumps({"type": "ack", "re": rid, **reply}).decode()
+                          if reply.get("type") is None else orjson.dumps({**reply, "re": rid}).decode())
+        except LiveCoreError as exc:
+            conn.push(error_frame(exc, rid))
+        except Exception as exc:
+            mapped = as_domain_error(exc)
+            if mapped is not None:
+                # An outage (unavailable, retry) or input PostgreSQL refuses (bad_request).
+                log.warning("command %s failed: %s (%s)", rid, mapped.code, type(exc).__name__)
+                conn.push(error_frame(mapped, rid))
+                return
+            log.exception("command failed")
+            conn.push(orjson.dumps({"type": "error", "re": rid, "code": "internal",
+                                    "message": "internal error"}).decode())
+
+    # ---- hello → welcome ------------------------------------------------------------
+
+    async def _open(self, token: str | None, resume_from: int | None, batch_ok: bool) -> None:
+        try:
+            await self._welcome(token, resume_from, batch_ok)
+        except Exception as exc:
+            mapped = as_domain_error(exc)
+            if mapped is None:
+                raise
+            # PostgreSQL or Redis is down while we build the welcome: come back later.
+            log.warning("socket handshake failed: %s (%s)", mapped.code, type(exc).__name__)
+            self.shutdown(1013, "service unavailable, retry shortly")
+
+    async def _welcome(self, token: str | None, resume_from: int | None, batch_ok: bool) -> None:
+        ctx, endpoint, show_id = self.ctx, self.endpoint, self.show_id
+        claims: Claims | None = None
+        if token is not None:
+            try:
+                claims = ctx.tokens.verify(token)
+            except Unauthenticated as exc:
+                self.sock.close(4401, exc.message)
+                return
+        elif endpoint != "viewer":
+            self.sock.close(4401, "a token is required on this endpoint")
+            return
+        try:
+            show = await ctx.shows.get(show_id)
+        except asyncpg.DataError:
+            show = None  # an id PostgreSQL cannot even store names no show
+        if self.dead:
+            return
+        if show is None:
+            self.sock.close(4404, "unknown show")
+            return
+        if claims is not None and (claims.role not in ENDPOINT_ROLES[endpoint] or not claims.can_act_on(show_id)):
+            self.sock.close(4403, "wrong role or show for this endpoint")
+            return
+        conn = Conn(show_id, endpoint, claims.sub if claims else None, self.sock,
+                    ctx.settings.send_queue_max, batch_ok)
+        conn.paused = self.sock.paused
+        self.conn, self.claims = conn, claims
+        hub, services = ctx.hub, ctx.services
+        channel = await hub.join(conn)
+        if self.dead:
+            return  # closed() already left the hub
+        self.joined = True
+        RECORDER.viewer_joined(show_id, id(conn), conn.user_id, conn.role)
+        seq = channel.last_seq
+        # Read after `seq` was taken (a change after it arrives as an event), and all
+        # at once: a reconnect storm waits one round trip per join, not four.
+        deal, pinned, viewers, pinned_message = await asyncio.gather(
+            services.deals.live_deal(show_id), services.shows.pinned_product(show_id),
+            hub.viewers(show_id), services.moderation.pinned_message(show_id))
+        welcome: dict[str, Any] = {
+            "type": "welcome", "session_id": uuid.uuid4().hex,
+            "user": ({"id": claims.sub, "name": claims.name, "role": claims.role} if claims
+                     else {"id": None, "name": "anonymous", "role": "viewer"}),
+            "server_time": now_ms(),
+            "show": {"id": show["id"], "title": show["title"], "status": show["status"]},
+            "pinned": pinned,
+            "deal": public_deal(deal) if deal else None,
+            "viewers": viewers,
+            "seq": seq, "recovered": False,
+            "node": ctx.node_id,
+            "pinned_message": pinned_message,
+        }
+        replay: list[str] = []
+        if resume_from is not None:
+            replay, recovered = await _history(ctx, show_id, resume_from, seq)
+            welcome["recovered"] = recovered
+        if conn.staff:
+            welcome["moderation"] = await services.moderation.settings_of(show_id)
+            welcome["held"] = await services.moderation.held_messages(show_id)
+        if self.dead:
+            return
+        conn.queue.append(orjson.dumps(welcome).decode())
+        conn.queue.extend(replay)
+        # Hosts and moderators run the show: they get more headroom than viewers.
+        scale = 1 if endpoint == "viewer" else 5
+        self.bucket = TokenBucket(ctx.settings.frame_rate_per_s * scale, ctx.settings.frame_burst * scale)
+        self.cmd = CommandContext(ctx=ctx, conn=conn, claims=claims, endpoint=endpoint)
+        hub.go_live(conn, seq)
+        conn.start()
 
 
 async def _history(ctx: AppContext, show_id: str, resume_from: int, upto: int) -> tuple[list[str], bool]:
@@ -243,55 +364,3 @@ async def _history(ctx: AppContext, show_id: str, resume_from: int, upto: int) -
                                      "ts": event.get("ts"), "message_id": msg_id}).decode()
         out.append(data)
     return out, True
-
-
-async def _read_frames(ctx: AppContext, ws: WebSocket, conn: Conn, claims: Claims | None,
-                       endpoint: str) -> None:
-    settings = ctx.settings
-    # Hosts and moderators run the show: they get more headroom than viewers.
-    scale = 1 if endpoint == "viewer" else 5
-    bucket = TokenBucket(settings.frame_rate_per_s * scale, settings.frame_burst * scale)
-    strikes = 0
-    cmd_ctx = CommandContext(ctx=ctx, conn=conn, claims=claims, endpoint=endpoint)
-    allowed = protocol.ENDPOINT_COMMANDS[endpoint]
-    while not conn.closing:
-        try:
-            raw = await _receive(ws)
-        except WebSocketDisconnect:
-            return
-        rid = None
-        try:
-            wait = bucket.take(time.monotonic())
-            if wait > 0:
-                strikes += 1
-                if strikes >= settings.flood_strikes:
-                    conn.close(4429, "flooding")
-                    return
-                raise RateLimited("slow down", retry_after_ms=int(wait * 1000) + 1)
-            strikes = max(0, strikes - 1) if strikes else 0
-            frame = protocol.parse_frame(raw)
-            rid = protocol.request_id(frame)
-            type_ = frame["type"]
-            FRAMES_IN.labels(type_ if type_ in protocol.ALL_COMMANDS else "unknown").inc()
-            if type_ == "hello":
-                raise BadRequest("already said hello")
-            if type_ not in protocol.ALL_COMMANDS:
-                raise BadRequest(f"unknown frame type {type_[:40]!r}")
-            if type_ not in allowed:
-                raise Forbidden(f"{type_} is not allowed on the {endpoint} endpoint")
-            reply = await run_command(cmd_ctx, type_, frame)
-            if reply is not None:
-                conn.push(orjson.dumps({"type": "ack", "re": rid, **reply}).decode()
-                          if reply.get("type") is None else orjson.dumps({**reply, "re": rid}).decode())
-        except LiveCoreError as exc:
-            conn.push(error_frame(exc, rid))
-        except Exception as exc:
-            mapped = as_domain_error(exc)
-            if mapped is not None:
-                # An outage (unavailable, retry) or input PostgreSQL refuses (bad_request).
-                log.warning("command %s failed: %s (%s)", rid, mapped.code, type(exc).__name__)
-                conn.push(error_frame(mapped, rid))
-                continue
-            log.exception("command failed")
-            conn.push(orjson.dumps({"type": "error", "re": rid, "code": "internal",
-                                    "message": "internal error"}).decode())

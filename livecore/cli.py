@@ -24,13 +24,15 @@ def _run_server(settings: Settings) -> None:
 
     from gateway.app import create_app, http_protocol
     from gateway.logs import configure_logging
+    from gateway.socket_protocol import socket_protocol
 
     configure_logging(settings)
+    app = create_app(settings)
+    # Sockets bypass ASGI (docs/decisions/0008-own-socket-layer.md); HTTP stays on Starlette.
+    ws = socket_protocol(app, settings.ws_ping_interval_s, settings.max_frame_bytes, settings.ws_deflate)
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
-        ws="websockets-sansio", ws_max_size=settings.max_frame_bytes,
-        ws_per_message_deflate=settings.ws_deflate, ws_ping_interval=settings.ws_ping_interval_s or None,
-        ws_ping_timeout=settings.ws_ping_interval_s or None, lifespan="on", timeout_graceful_shutdown=int(settings.drain_s),
+        app, host=settings.host, port=settings.port, loop="uvloop", http=http_protocol(settings),
+        ws=ws, lifespan="on", timeout_graceful_shutdown=int(settings.drain_s),
         timeout_keep_alive=5, log_level=settings.log_level, access_log=False, proxy_headers=True,
         limit_concurrency=settings.max_connections + 1000, backlog=4096)
     server = uvicorn.Server(config)
