@@ -1,137 +1,135 @@
-"""The hub's per-connection send path (gateway/hub.py Conn): pure asyncio, no sockets.
+"""The hub's per-connection send path (gateway/hub.py Conn) and the frame bytes
+it ends up as (gateway/wire.py): pure, no sockets.
 
 The socket tests (test_ws_fanout) show the policy end to end; these pin down the
-fast path's edge cases, which a real socket rarely hits on cue."""
+edge cases, which a real socket rarely hits on cue."""
 
 from __future__ import annotations
 
-import asyncio
+import pytest
+from websockets.frames import Frame, Opcode
 
 from gateway.hub import Conn
+from gateway.wire import socket_route, text_frame
 
 
 class Sink:
-    """A `send` whose transport can be 'paused' like a slow client's."""
+    """A socket whose transport pauses, as a slow client's does, once `room` frames are written."""
 
-    def __init__(self) -> None:
+    def __init__(self, room: int = 1_000_000) -> None:
         self.sent: list[str] = []
-        self.open = asyncio.Event()
-        self.open.set()
-        self.fail_on: str | None = None
         self.closed: list[tuple[int, str]] = []
+        self.room = room
+        self.conn: Conn | None = None
 
-    async def send(self, data: str) -> None:
-        if not self.open.is_set():
-            await self.open.wait()
-        if data == self.fail_on:
-            raise ConnectionResetError("gone")
+    def write_text(self, data: str) -> None:
         self.sent.append(data)
+        self.room -= 1
+        if self.room <= 0 and self.conn is not None:
+            self.conn.pause()  # what the transport does inside write() past its high-water mark
 
-    async def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str) -> None:
         self.closed.append((code, reason))
+
+    def drain(self, room: int) -> None:
+        self.room = room
+        assert self.conn is not None
+        self.conn.resume()
 
 
 def conn(sink: Sink, max_queue: int = 4) -> Conn:
-    c = Conn("s", "viewer", None, sink.send, sink.close, max_queue)
+    c = Conn("s", "viewer", None, sink, max_queue)
+    sink.conn = c
     return c
 
 
-async def test_idle_push_is_sent_inline_without_a_task() -> None:
+def test_nothing_is_written_before_start_then_the_welcome_goes_first() -> None:
     sink = Sink()
     c = conn(sink)
-    c.queue.append("welcome")
+    c.push("event")  # an ack or event racing the welcome waits
+    assert sink.sent == []
+    c.queue.insert(0, "welcome")
     c.start()
-    assert sink.sent == ["welcome"] and c.writer is None
+    assert sink.sent == ["welcome", "event"]
     c.push("a")
-    c.push("b")
-    assert sink.sent == ["welcome", "a", "b"] and c.writer is None  # no await needed
+    assert sink.sent == ["welcome", "event", "a"] and c.queue == []
 
 
-async def test_a_paused_send_queues_in_order_then_goes_idle_again() -> None:
-    sink = Sink()
+def test_a_paused_transport_queues_in_order_and_resume_writes_through_again() -> None:
+    sink = Sink(room=2)
     c = conn(sink, max_queue=10)
     c.start()
-    sink.open.clear()  # the client stops reading
     for i in range(5):
         c.push(str(i))
-    assert sink.sent == [] and c.writer is not None
-    sink.open.set()
-    await asyncio.wait_for(c.writer, 5)
-    assert sink.sent == ["0", "1", "2", "3", "4"]
-    assert c.writer is None and c.idle
+    assert sink.sent == ["0", "1"] and c.queue == ["2", "3", "4"]
+    sink.drain(room=2)  # room for two: the third write pauses it again
+    assert sink.sent == ["0", "1", "2", "3"] and c.queue == ["4"] and c.paused
+    sink.drain(room=100)
+    assert sink.sent == ["0", "1", "2", "3", "4"] and c.ready
     c.push("5")
     assert sink.sent[-1] == "5"
 
 
-async def test_overflow_closes_1013_and_droppable_frames_are_skipped_first() -> None:
+def test_start_while_paused_waits_for_resume() -> None:
     sink = Sink()
+    c = conn(sink)
+    c.pause()
+    c.queue.append("welcome")
+    c.start()
+    assert sink.sent == [] and not c.ready
+    c.resume()
+    assert sink.sent == ["welcome"] and c.ready
+
+
+def test_overflow_closes_1013_and_droppable_frames_are_skipped_first() -> None:
+    sink = Sink(room=1)
     c = conn(sink, max_queue=2)
     c.start()
-    sink.open.clear()
-    c.push("in-flight")  # suspends: handed to the writer
+    c.push("written")  # fills the transport: paused
     c.push("q1")
     c.push("q2")
     c.push("tick", droppable=True)  # queue full: skipped, connection kept
     assert not c.closing and c.queue == ["q1", "q2"]
     c.push("q3")  # queue full, not droppable: the client is too slow
-    assert c.closing and c.close_code == 1013
-    sink.open.set()
-    assert c.writer is not None
-    await asyncio.wait_for(c.writer, 5)
-    assert sink.closed == [(1013, "too slow: send queue overflowed")]
-    assert "q1" not in sink.sent  # the queue was dropped on close
+    assert c.closing and sink.closed == [(1013, "too slow: send queue overflowed")]
+    assert c.queue == []  # dropped on close
+    sink.drain(room=100)
     c.push("late")
-    assert "late" not in sink.sent
+    assert sink.sent == ["written"]
 
 
-async def test_a_failing_inline_send_marks_the_connection_closing() -> None:
-    sink = Sink()
-    c = conn(sink)
-    c.start()
-    sink.fail_on = "boom"
-    c.push("ok")
-    c.push("boom")
-    assert c.closing
-    c.push("after")
-    assert sink.sent == ["ok"]
-
-
-async def test_a_failing_send_in_the_writer_stops_it() -> None:
-    sink = Sink()
-    c = conn(sink, max_queue=10)
-    c.start()
-    sink.open.clear()
-    c.push("a")
-    c.push("boom")
-    c.push("c")
-    sink.fail_on = "boom"
-    sink.open.set()
-    assert c.writer is not None
-    await asyncio.wait_for(c.writer, 5)
-    assert sink.sent == ["a"] and c.closing
-
-
-async def test_cancelling_the_writer_cancels_the_suspended_send() -> None:
-    sink = Sink()
-    c = conn(sink)
-    c.start()
-    sink.open.clear()
-    c.push("stuck")
-    writer = c.writer
-    assert writer is not None
-    await asyncio.sleep(0)
-    writer.cancel()
-    try:
-        await writer
-    except asyncio.CancelledError:
-        pass
-    assert writer.cancelled() and sink.sent == []
-
-
-async def test_close_before_start_still_delivers_the_close_code() -> None:
+def test_close_before_start_reaches_the_socket_once() -> None:
     sink = Sink()
     c = conn(sink)
     c.close(4403, "wrong show")
-    assert c.writer is not None
-    await asyncio.wait_for(c.writer, 5)
+    c.close(1000, "again")
+    c.start()
     assert sink.closed == [(4403, "wrong show")] and sink.sent == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_text_frame_matches_the_websockets_serializer(size: int) -> None:
+    text = ("é" if size % 2 else "a") * (size // (2 if size % 2 else 1))
+    expected = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+    assert text_frame(text) == expected
+
+
+def test_text_frame_is_built_once_per_string_object() -> None:
+    a = "x" * 300
+    first = text_frame(a)
+    assert text_frame(a) is first  # the same object: no second encode
+    b = "".join(["x"] * 300)  # equal, but another object: built again, same bytes
+    assert b is not a and text_frame(b) == first and text_frame(b) is not first
+
+
+@pytest.mark.parametrize(("target", "route"), [
+    ("/ws/viewer/abc", ("viewer", "abc")),
+    ("/ws/host/abc?x=1", ("host", "abc")),
+    ("/ws/viewer/a%20b", ("viewer", "a b")),
+    ("/ws/nope/abc", ("nope", "abc")),  # the session answers 4404
+    ("/ws/viewer/", None),
+    ("/ws/viewer/abc/extra", None),
+    ("/api/v1/shows", None),
+])
+def test_socket_route(target: str, route: tuple[str, str] | None) -> None:
+    assert socket_route(target) == route
