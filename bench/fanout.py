@@ -21,7 +21,8 @@ What is measured, in the window [t0, t0 + duration):
 - delivered frames/s and events/s (a `batch` frame counts as its events),
   summed over all viewers, and the share of the host's chat messages that
   reached every viewer (after a drain of up to `--max-drain` s);
-- latency of every `chat.message` the host sent in the window: the event's
+- latency of every `chat.message` the host sent in the window, at 1 viewer
+  in --sample (default 10; every viewer still counts its events and chat): the event's
   server `ts` -> the viewer process reading it (and host send -> viewer read);
 - server CPU (% of one core, psutil on the server pid) and CPU µs per
   delivered event; Redis+PostgreSQL CPU separately (LiveCore only uses them);
@@ -223,7 +224,7 @@ class Clients:
     """The client processes and the pipes that drive them."""
 
     def __init__(self, n_procs: int, viewers: int, url: str, deflate: bool, concurrency: int,
-                 connect_timeout: float) -> None:
+                 connect_timeout: float, sample: int = 1) -> None:
         ctx = mp.get_context("spawn")
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
@@ -232,7 +233,7 @@ class Clients:
             n = viewers // n_procs + (1 if k < viewers % n_procs else 0)
             # Own loopback source addresses per process and run: 28k ephemeral ports each.
             cfg = {"url": url, "n": n, "deflate": deflate, "concurrency": concurrency,
-                   "connect_timeout": connect_timeout,
+                   "connect_timeout": connect_timeout, "sample": sample,
                    "src_ips": [f"127.{base}.{k + 1}.{j}" for j in range(1, 9)], "per_ip": 15_000}
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
@@ -329,7 +330,7 @@ async def run_one(kind: str, args: argparse.Namespace, backends: dict[str, Any])
 
         drains = [asyncio.ensure_future(drain_host(h)) for h in hosts]
         clients = Clients(args.procs, args.viewers, server.viewer_url(), not args.no_deflate, args.concurrency,
-                          args.connect_timeout)
+                          args.connect_timeout, args.sample)
         await clients.ask(None, 60)  # ready
         await asyncio.sleep(1)
         rss_base = sp.memory_info().rss
@@ -614,6 +615,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="after connecting, run windows at --chat-rate, then x2 each step, until a "
                              "window delivers under 95%% of the offered events: reports each server's maximum")
     parser.add_argument("--max-rate", type=float, default=640.0, help="--find-max stops at this chat rate")
+    parser.add_argument("--sample", type=int, default=10, metavar="K",
+                        help="1 viewer in K parses every frame (latency, event types); the others count "
+                             "events and chat from the raw bytes, so the clients stay cheaper than the server")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     limit = raise_nofile()

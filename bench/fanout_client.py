@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import resource
 import time
 from array import array
@@ -67,16 +68,33 @@ class Stats:
         self.close_codes: Counter[int] = Counter()
 
 
-class Viewer(asyncio.Protocol):
-    __slots__ = ("closed", "proto", "st", "transport", "welcomed")
+# The host's chat text is "bench <i> <send_ms>"; JSON never leaves that unescaped.
+BENCH_TEXT = re.compile(rb'"text":"bench \d+ ([0-9.]+)"')
 
-    def __init__(self, st: Stats, uri: Any, deflate: bool, welcomed: asyncio.Future[None]) -> None:
+
+class Viewer(asyncio.Protocol):
+    """One viewer. Until the handshake is done, websockets' sans-I/O client does
+    everything. Then, unless permessage-deflate was negotiated, frames are read
+    here (`_read_frames`: server frames are unmasked and unfragmented, so this is
+    a few slices), because the client must be cheaper per event than the server
+    it measures. `sample` viewers (1 in --sample) parse every frame's JSON for
+    latency and event types; the rest count events and chat from the raw bytes,
+    exactly: `"type":` occurs once per event and never inside a JSON string."""
+
+    __slots__ = ("buf", "closed", "fast", "pre", "proto", "sample", "st", "transport", "welcomed")
+
+    def __init__(self, st: Stats, uri: Any, deflate: bool, welcomed: asyncio.Future[None],
+                 sample: bool = True) -> None:
         self.st = st
         self.proto = ClientProtocol(uri, max_size=2**22,
                                     extensions=enable_client_permessage_deflate(None) if deflate else None)
         self.welcomed = welcomed
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.sample = sample
+        self.fast = False
+        self.pre = bytearray()  # bytes before the end of the handshake response
+        self.buf = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -91,6 +109,79 @@ class Viewer(asyncio.Protocol):
                 self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
+        if self.fast:
+            self._read_frames(data)
+            return
+        if self.proto.state is State.CONNECTING:
+            self.pre += data
+            end = self.pre.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, rest = bytes(self.pre[:end + 4]), bytes(self.pre[end + 4:])
+            self.pre = bytearray()
+            self._via_proto(head)
+            if self.proto.state is State.OPEN and not self.proto.extensions:
+                self.fast = True
+                self._read_frames(rest)
+            elif rest:
+                self._via_proto(rest)
+            return
+        self._via_proto(data)
+
+    def _read_frames(self, data: bytes) -> None:
+        now = time.time()
+        st = self.st
+        in_window = st.t0 <= now < st.t1
+        if in_window:
+            st.bytes += len(data)
+        buf = self.buf
+        buf += data
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            b0, length = buf[pos], buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+            if n - pos < head + length:
+                break
+            payload = bytes(buf[pos + head:pos + head + length])
+            pos += head + length
+            opcode = b0 & 0x0F
+            if opcode == 1:
+                if not self.welcomed.done():
+                    self.welcomed.set_result(None)
+                elif self.sample:
+                    self._on_text(payload, now, in_window)
+                else:
+                    self._count(payload, in_window)
+            elif opcode == 9:
+                self.proto.send_pong(payload)
+                self._flush()
+            elif opcode == 8:
+                self._on_close(payload)
+                if self.transport is not None:
+                    self.transport.close()
+                break
+        del buf[:pos]
+
+    def _count(self, payload: bytes, in_window: bool) -> None:
+        st = self.st
+        if in_window:
+            st.frames += 1
+            st.events += payload.count(b'"type":') - (1 if payload.startswith(b'{"type":"batch"') else 0)
+        if b'"chat.message"' in payload:
+            t0_ms, t1_ms = st.t0 * 1000, st.t1 * 1000
+            for m in BENCH_TEXT.finditer(payload):
+                if t0_ms <= float(m.group(1)) < t1_ms:
+                    st.chat_seen += 1
+
+    def _via_proto(self, data: bytes) -> None:
         now = time.time()
         st = self.st
         in_window = st.t0 <= now < st.t1
@@ -202,7 +293,7 @@ class Worker:
                         failures["gave up: --connect-timeout reached"] += 1
                         return False
                     fut: asyncio.Future[None] = loop.create_future()
-                    viewer = Viewer(self.st, uri, cfg["deflate"], fut)
+                    viewer = Viewer(self.st, uri, cfg["deflate"], fut, i % cfg.get("sample", 1) == 0)
                     try:
                         await loop.create_connection(
                             lambda v=viewer: v, uri.host, uri.port,  # type: ignore[misc]
