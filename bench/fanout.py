@@ -224,7 +224,7 @@ class Clients:
     """The client processes and the pipes that drive them."""
 
     def __init__(self, n_procs: int, viewers: int, url: str, deflate: bool, concurrency: int,
-                 connect_timeout: float, sample: int = 1) -> None:
+                 connect_timeout: float, sample: int = 1, batch: bool = True) -> None:
         ctx = mp.get_context("spawn")
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
@@ -233,7 +233,7 @@ class Clients:
             n = viewers // n_procs + (1 if k < viewers % n_procs else 0)
             # Own loopback source addresses per process and run: 28k ephemeral ports each.
             cfg = {"url": url, "n": n, "deflate": deflate, "concurrency": concurrency,
-                   "connect_timeout": connect_timeout, "sample": sample,
+                   "connect_timeout": connect_timeout, "sample": sample, "batch": batch,
                    "src_ips": [f"127.{base}.{k + 1}.{j}" for j in range(1, 9)], "per_ip": 15_000}
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
@@ -330,7 +330,7 @@ async def run_one(kind: str, args: argparse.Namespace, backends: dict[str, Any])
 
         drains = [asyncio.ensure_future(drain_host(h)) for h in hosts]
         clients = Clients(args.procs, args.viewers, server.viewer_url(), not args.no_deflate, args.concurrency,
-                          args.connect_timeout, args.sample)
+                          args.connect_timeout, args.sample, not args.no_batch)
         await clients.ask(None, 60)  # ready
         await asyncio.sleep(1)
         rss_base = sp.memory_info().rss
@@ -615,6 +615,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="after connecting, run windows at --chat-rate, then x2 each step, until a "
                              "window delivers under 95%% of the offered events: reports each server's maximum")
     parser.add_argument("--max-rate", type=float, default=640.0, help="--find-max stops at this chat rate")
+    parser.add_argument("--no-batch", action="store_true",
+                        help="viewers say batch:false: one frame per event (compares frames/s like with like)")
     parser.add_argument("--sample", type=int, default=10, metavar="K",
                         help="1 viewer in K parses every frame (latency, event types); the others count "
                              "events and chat from the raw bytes, so the clients stay cheaper than the server")
@@ -631,6 +633,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{' (find-max: raised until saturated)' if args.find_max else ''} + deal.tick 1/s, "
           f"{args.duration:g} s window, {args.hosts} host socket(s), {args.procs} client processes, "
           f"permessage-deflate {'off' if args.no_deflate else 'offered'}, "
+          f"batch frames {'off (batch:false)' if args.no_batch else 'on'}, "
           f"{psutil.cpu_count()} cores\n")
     print(table(results))
     if args.find_max:

@@ -42,6 +42,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 HELLO = orjson.dumps({"type": "hello", "token": None, "resume_from": None})
+HELLO_NO_BATCH = orjson.dumps({"type": "hello", "token": None, "resume_from": None, "batch": False})
 
 
 def raise_nofile() -> int:
@@ -66,10 +67,11 @@ class Stats:
         self.chat_seen = 0  # chat.message events of in-window sends (any time)
         self.lost = 0  # viewers whose socket closed after the welcome
         self.close_codes: Counter[int] = Counter()
+        self.batch = True  # say batch:false in hello when not
 
 
 # The host's chat text is "bench <i> <send_ms>"; JSON never leaves that unescaped.
-BENCH_TEXT = re.compile(rb'"text":"bench \d+ ([0-9.]+)"')
+BENCH_TEXT = re.compile(rb'"text": ?"bench \d+ ([0-9.]+)"')
 
 
 class Viewer(asyncio.Protocol):
@@ -200,7 +202,7 @@ class Viewer(asyncio.Protocol):
                     self._on_close(ev.data)
             elif isinstance(ev, Response):
                 if proto.state is State.OPEN:
-                    proto.send_text(HELLO)
+                    proto.send_text(HELLO if self.st.batch else HELLO_NO_BATCH)
                 elif not self.welcomed.done():
                     self.welcomed.set_exception(ConnectionError(f"handshake refused: {ev.status_code}"))
         self._flush()
@@ -265,6 +267,7 @@ class Worker:
         self.pipe = pipe
         self.cfg = cfg
         self.st = Stats()
+        self.st.batch = cfg.get("batch", True)
         self.viewers: list[Viewer] = []
         self.lags = array("d")
         self.cpu0 = self.cpu1 = 0.0

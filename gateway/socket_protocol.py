@@ -33,7 +33,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from gateway.wire import socket_route, text_frame
+from gateway.wire import socket_route, text_frame, text_frames
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -148,6 +148,13 @@ class SocketProtocol(asyncio.Protocol):
             self._flush()
         else:
             self.transport.write(text_frame(data))
+
+    def write_texts(self, datas: list[str]) -> None:
+        if self.deflate or self.closed:
+            for data in datas:
+                self.write_text(data)
+        else:
+            self.transport.write(text_frames(datas))
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; the client has CLOSE_TIMEOUT_S to answer."""

@@ -37,6 +37,19 @@ def text_frame(text: str) -> bytes:
     return _last_frame
 
 
+_last_texts: list[str] = []
+_last_frames = b""
+
+
+def text_frames(texts: list[str]) -> bytes:
+    """Several text frames back to back: one write (one syscall) delivers them all.
+    Cached by list identity, as text_frame is by string identity."""
+    global _last_texts, _last_frames
+    if texts is not _last_texts:
+        _last_texts, _last_frames = texts, b"".join([text_frame(t) for t in texts])
+    return _last_frames
+
+
 def socket_route(target: str) -> tuple[str, str] | None:
     """(endpoint, show id) of a request target like `/ws/viewer/abc?x=1`, or None."""
     path = unquote(target.partition("?")[0])

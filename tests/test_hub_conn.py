@@ -10,7 +10,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 
 from gateway.hub import Conn
-from gateway.wire import socket_route, text_frame
+from gateway.wire import socket_route, text_frame, text_frames
 
 
 class Sink:
@@ -18,15 +18,24 @@ class Sink:
 
     def __init__(self, room: int = 1_000_000) -> None:
         self.sent: list[str] = []
+        self.writes = 0
         self.closed: list[tuple[int, str]] = []
         self.room = room
         self.conn: Conn | None = None
 
     def write_text(self, data: str) -> None:
+        self.writes += 1
         self.sent.append(data)
         self.room -= 1
         if self.room <= 0 and self.conn is not None:
             self.conn.pause()  # what the transport does inside write() past its high-water mark
+
+    def write_texts(self, datas: list[str]) -> None:
+        self.writes += 1
+        self.sent.extend(datas)
+        self.room -= len(datas)
+        if self.room <= 0 and self.conn is not None:
+            self.conn.pause()
 
     def close(self, code: int, reason: str) -> None:
         self.closed.append((code, reason))
@@ -96,6 +105,25 @@ def test_overflow_closes_1013_and_droppable_frames_are_skipped_first() -> None:
     sink.drain(room=100)
     c.push("late")
     assert sink.sent == ["written"]
+
+
+def test_push_many_is_one_write_when_ready_and_queues_each_frame_when_not() -> None:
+    sink = Sink(room=3)
+    c = conn(sink, max_queue=10)
+    c.start()
+    c.push_many(["a", "b", "c"])  # one write; the transport is full after it
+    assert sink.sent == ["a", "b", "c"] and sink.writes == 1 and c.paused
+    c.push_many(["d", "e"])
+    assert c.queue == ["d", "e"]
+    sink.drain(room=100)
+    assert sink.sent == ["a", "b", "c", "d", "e"]
+
+
+def test_text_frames_are_the_frames_back_to_back() -> None:
+    texts = ["one", "x" * 200, "é"]
+    assert text_frames(texts) == b"".join(
+        Frame(Opcode.TEXT, t.encode()).serialize(mask=False, extensions=[]) for t in texts)
+    assert text_frames(texts) is text_frames(texts)
 
 
 def test_close_before_start_reaches_the_socket_once() -> None:
