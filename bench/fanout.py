@@ -224,7 +224,7 @@ class Clients:
     """The client processes and the pipes that drive them."""
 
     def __init__(self, n_procs: int, viewers: int, url: str, deflate: bool, concurrency: int,
-                 connect_timeout: float, sample: int = 1, batch: bool = True) -> None:
+                 connect_timeout: float, sample: int = 1, batch: bool = True, nice: int = 0) -> None:
         ctx = mp.get_context("spawn")
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
@@ -233,7 +233,7 @@ class Clients:
             n = viewers // n_procs + (1 if k < viewers % n_procs else 0)
             # Own loopback source addresses per process and run: 28k ephemeral ports each.
             cfg = {"url": url, "n": n, "deflate": deflate, "concurrency": concurrency,
-                   "connect_timeout": connect_timeout, "sample": sample, "batch": batch,
+                   "connect_timeout": connect_timeout, "sample": sample, "batch": batch, "nice": nice,
                    "src_ips": [f"127.{base}.{k + 1}.{j}" for j in range(1, 9)], "per_ip": 15_000}
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child, cfg), daemon=True)
@@ -330,7 +330,7 @@ async def run_one(kind: str, args: argparse.Namespace, backends: dict[str, Any])
 
         drains = [asyncio.ensure_future(drain_host(h)) for h in hosts]
         clients = Clients(args.procs, args.viewers, server.viewer_url(), not args.no_deflate, args.concurrency,
-                          args.connect_timeout, args.sample, not args.no_batch)
+                          args.connect_timeout, args.sample, not args.no_batch, args.client_nice)
         await clients.ask(None, 60)  # ready
         await asyncio.sleep(1)
         rss_base = sp.memory_info().rss
@@ -617,6 +617,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-rate", type=float, default=640.0, help="--find-max stops at this chat rate")
     parser.add_argument("--no-batch", action="store_true",
                         help="viewers say batch:false: one frame per event (compares frames/s like with like)")
+    parser.add_argument("--client-nice", type=int, default=0, metavar="N",
+                        help="run the client processes at nice N: when the machine saturates, the server "
+                             "under test keeps its core, as it would with the clients on other machines")
     parser.add_argument("--sample", type=int, default=10, metavar="K",
                         help="1 viewer in K parses every frame (latency, event types); the others count "
                              "events and chat from the raw bytes, so the clients stay cheaper than the server")
@@ -634,6 +637,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.duration:g} s window, {args.hosts} host socket(s), {args.procs} client processes, "
           f"permessage-deflate {'off' if args.no_deflate else 'offered'}, "
           f"batch frames {'off (batch:false)' if args.no_batch else 'on'}, "
+          f"clients at nice {args.client_nice}, "
           f"{psutil.cpu_count()} cores\n")
     print(table(results))
     if args.find_max:

@@ -136,50 +136,54 @@ class Viewer(asyncio.Protocol):
         in_window = st.t0 <= now < st.t1
         if in_window:
             st.bytes += len(data)
-        buf = self.buf
-        buf += data
-        pos, n = 0, len(buf)
+        if self.buf:
+            self.buf += data
+            data = bytes(self.buf)
+            self.buf = bytearray()
+        # Counted in place (start/end offsets, no slices): this loop runs for every frame.
+        pos, n = 0, len(data)
         while n - pos >= 2:
-            b0, length = buf[pos], buf[pos + 1] & 0x7F
+            b0, length = data[pos], data[pos + 1] & 0x7F
             head = 2
             if length == 126:
                 if n - pos < 4:
                     break
-                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+                length, head = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
             elif length == 127:
                 if n - pos < 10:
                     break
-                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-            if n - pos < head + length:
+                length, head = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
+            start, end = pos + head, pos + head + length
+            if end > n:
                 break
-            payload = bytes(buf[pos + head:pos + head + length])
-            pos += head + length
+            pos = end
             opcode = b0 & 0x0F
             if opcode == 1:
                 if not self.welcomed.done():
                     self.welcomed.set_result(None)
                 elif self.sample:
-                    self._on_text(payload, now, in_window)
+                    self._on_text(data[start:end], now, in_window)
                 else:
-                    self._count(payload, in_window)
+                    self._count(data, start, end, in_window)
             elif opcode == 9:
-                self.proto.send_pong(payload)
+                self.proto.send_pong(data[start:end])
                 self._flush()
             elif opcode == 8:
-                self._on_close(payload)
+                self._on_close(data[start:end])
                 if self.transport is not None:
                     self.transport.close()
-                break
-        del buf[:pos]
+                return
+        if pos < n:
+            self.buf += data[pos:]
 
-    def _count(self, payload: bytes, in_window: bool) -> None:
+    def _count(self, data: bytes, start: int, end: int, in_window: bool) -> None:
         st = self.st
         if in_window:
             st.frames += 1
-            st.events += payload.count(b'"type":') - (1 if payload.startswith(b'{"type":"batch"') else 0)
-        if b'"chat.message"' in payload:
+            st.events += data.count(b'"type":', start, end) - data.startswith(b'{"type":"batch"', start)
+        if data.find(b'"chat.message"', start, end) >= 0:
             t0_ms, t1_ms = st.t0 * 1000, st.t1 * 1000
-            for m in BENCH_TEXT.finditer(payload):
+            for m in BENCH_TEXT.finditer(data, start, end):
                 if t0_ms <= float(m.group(1)) < t1_ms:
                     st.chat_seen += 1
 
@@ -387,4 +391,6 @@ def worker_main(pipe: Connection, cfg: dict[str, Any]) -> None:
     import uvloop
 
     gc.set_threshold(100_000, 50, 100)
+    if cfg.get("nice"):
+        os.nice(cfg["nice"])
     uvloop.run(Worker(pipe, cfg).run())
