@@ -281,7 +281,9 @@ class _Keepalive:
 
     @classmethod
     def watch(cls, sock: SocketProtocol) -> None:
-        if cls.task is None or cls.task.done():
+        task = cls.task
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            cls.sockets = set()  # a new server (another event loop): start over
             cls.task = asyncio.ensure_future(cls._run(sock.ping_interval))
         cls.sockets.add(sock)
 

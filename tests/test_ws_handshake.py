@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 import websockets
 
-from tests.support import WS, ServerProc, create_show, mint
+from livecore.embedded import free_port
+from tests.support import WS, ServerProc, create_show, mint, server_env
+from tests.test_ws_fanout import stalled_socket
 
 
 async def close_code(conn: websockets.ClientConnection, timeout: float = 10) -> int:
@@ -110,3 +113,44 @@ async def test_flooding_closes_4429(http: httpx.AsyncClient, server: ServerProc)
         except websockets.ConnectionClosed:
             break
     assert await close_code(ws.conn) == 4429
+
+
+async def test_keepalive_closes_a_client_that_stops_answering_pings(http: httpx.AsyncClient,
+                                                                    backends: Any, prefix: str) -> None:
+    node = ServerProc(free_port(), server_env(backends.redis_url, backends.database_url, prefix,
+                                              LIVECORE_WS_PING_INTERVAL_S="0.5")).start()
+    try:
+        async with httpx.AsyncClient(base_url=node.base_url) as client:
+            show_id, _ = await create_show(client)
+        # A client that answers pings (websockets does, on its own) stays connected...
+        alive = await WS.open(node.ws_url("viewer", show_id), None)
+        # ...one that never reads (so never pongs) gets pings, then 1011 and EOF.
+        raw = stalled_socket(node.port, f"/ws/viewer/{show_id}")
+        raw.settimeout(30)  # hang guard, not a deadline: the server closes after ~2 intervals
+        data = b""
+        while chunk := await asyncio.to_thread(raw.recv, 65536):
+            data += chunk
+        raw.close()
+        opcodes, close_payload, pos = [], b"", 0
+        while pos + 2 <= len(data):
+            op, length = data[pos] & 0x0F, data[pos + 1] & 0x7F
+            head = 2 if length < 126 else 4
+            if length == 126:
+                length = int.from_bytes(data[pos + 2:pos + 4], "big")
+            opcodes.append(op)
+            if op == 0x8:
+                close_payload = data[pos + head:pos + head + length]
+            pos += head + length
+        assert opcodes[0] == 0x1 and 0x9 in opcodes and opcodes[-1] == 0x8  # welcome, ping(s), close
+        assert int.from_bytes(close_payload[:2], "big") == 1011
+        assert (await alive.request("ping"))["type"] == "pong"
+        await alive.close()
+    finally:
+        node.stop()
+
+
+async def test_upgrade_on_a_path_that_is_not_a_socket_is_refused(server: ServerProc) -> None:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(f"ws://127.0.0.1:{server.port}/ws/viewer")
+    assert refused.value.response.status_code == 404
+    assert orjson.loads(refused.value.response.body)["error"]["code"] == "not_found"
