@@ -33,7 +33,8 @@ from tests.support import ADMIN, ServerProc, server_env
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 # Lines a node writes only when something went wrong that is our bug.
-CRASH_MARKERS = ("unhandled error", "Exception in ASGI application", "command failed", "Traceback")
+CRASH_MARKERS = ("unhandled error", "Exception in ASGI application", "command failed", "socket session failed",
+                 "Traceback")
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 
 
