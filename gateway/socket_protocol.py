@@ -248,6 +248,8 @@ class SocketProtocol(asyncio.Protocol):
 
     def _on_message(self, data: bytes, text: bool) -> None:
         if self.session is None or self.close_timer is not None:
+            # After our close frame nothing the client sends matters. (A message that
+            # came in the same read as the client's own close frame is still handled.)
             return
         if not text:
             self.session.on_message(None)

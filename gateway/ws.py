@@ -160,16 +160,19 @@ class Session:
 
     def on_message(self, raw: str | None) -> None:
         """One text frame (binary as None)."""
-        if self.dead or self.sock.close_timer is not None:
-            return  # closing: whatever the client still sends is moot
+        if self.sock.close_timer is not None:
+            return  # we are closing it: whatever the client still sends is moot
         if self.busy:
             self.backlog.append(raw)
             self.sock.pause_reading()
             return
-        if self.conn is None:
-            self._on_hello(raw)
-        else:
+        self._handle(raw)
+
+    def _handle(self, raw: str | None) -> None:
+        if self.conn is not None:
             self._on_command(raw)
+        elif not self.dead:
+            self._on_hello(raw)
 
     def _run(self, coro: Coroutine[Any, Any, None]) -> None:
         self.busy = True
@@ -187,8 +190,11 @@ class Session:
             self._drain()
 
     def _drain(self) -> None:
-        while self.backlog and not self.busy and not self.dead:
-            self.on_message(self.backlog.pop(0))
+        # Runs on after the client went away: what it sent before closing still counts
+        # (a chat message, a claim), as it would have had it arrived a moment earlier.
+        # Not after we closed the socket ourselves (flooding, 1013, 1012).
+        while self.backlog and not self.busy and self.sock.close_timer is None:
+            self._handle(self.backlog.pop(0))
         if not self.backlog:
             self.sock.resume_reading()
 

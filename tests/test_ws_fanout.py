@@ -235,3 +235,21 @@ async def test_host_stats_count_chat_reactions_claims_and_orders(http: httpx.Asy
     assert stats["gmv_cents"] == 700 and stats["peak_viewers"] >= 3 and stats["ts"] > 0
     for ws in (host, *buyers):
         await ws.close()
+
+
+async def test_messages_sent_just_before_a_disconnect_are_not_lost(http: httpx.AsyncClient,
+                                                                   server: ServerProc) -> None:
+    """A client that sends and hangs up at once (a tab closed right after "send"):
+    every frame it got onto the wire before its close is still handled, in order."""
+    show_id, _ = await create_show(http)
+    watcher = await WS.open(server.ws_url("viewer", show_id), None)
+    for round_ in range(3):
+        sender = await WS.open(server.ws_url("viewer", show_id), mint("viewer", show_id, f"quick{round_}"))
+        texts = [f"bye {round_}-{i}" for i in range(5)]  # the chat burst is 5
+        # Commands run one at a time per socket, so 2–5 wait in the backlog when the close lands.
+        for text in texts:
+            await sender.send({"type": "chat.send", "id": text, "text": text})
+        await sender.close()
+        got = [(await watcher.wait_for("chat.message", timeout=15))["message"]["text"] for _ in texts]
+        assert got == texts
+    await watcher.close()
