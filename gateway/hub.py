@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import orjson
 from redis.asyncio import Redis
 
+from gateway.wire import text_frame, text_frames
 from livecore.bus import EventBus
 from livecore.ids import now_ms
 from livecore.keys import Keys
@@ -42,6 +43,9 @@ class Sink(Protocol):
     def write_text(self, data: str) -> None: ...
 
     def write_texts(self, datas: list[str]) -> None: ...
+
+    def raw_writer(self) -> Callable[[bytes], None] | None:
+        """Where frame bytes can go as they are (None: each frame must be compressed)."""
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -60,6 +64,7 @@ class Conn:
     __slots__ = (
         "batch_ok",
         "closing",
+        "direct",
         "live",
         "max_queue",
         "paused",
@@ -93,6 +98,9 @@ class Conn:
         self.started = False
         self.paused = False
         self.ready = False  # started and not paused: push writes straight through
+        # While ready, the transport's write itself (the hub's broadcast loops call it with
+        # the shared frame bytes: no call through push and the socket per viewer).
+        self.direct: Callable[[bytes], None] | None = None
 
     def push(self, data: str, droppable: bool = False) -> None:
         if self.ready:
@@ -126,6 +134,7 @@ class Conn:
     def pause(self) -> None:
         self.paused = True
         self.ready = False
+        self.direct = None
 
     def resume(self) -> None:
         self.paused = False
@@ -134,13 +143,19 @@ class Conn:
         while queue and not self.paused and not self.closing:
             self.sink.write_text(queue.pop(0))
         self.ready = self.started and not self.paused and not self.closing
+        self.direct = self.sink.raw_writer() if self.ready else None
 
     def close(self, code: int, reason: str = "") -> None:
         if not self.closing:
-            self.closing = True
-            self.ready = False
-            self.queue.clear()
+            self.gone()
             self.sink.close(code, reason)
+
+    def gone(self) -> None:
+        """Nothing more is written (closing, or the socket is already closed)."""
+        self.closing = True
+        self.ready = False
+        self.direct = None
+        self.queue.clear()
 
 
 @dataclass
@@ -364,20 +379,26 @@ class Hub:
         if len(parsed) > 1:
             batch_frame = '{"type":"batch","events":[' + ",".join(p[1] for p in parsed) + "]}"
         singles = [p[1] for p in parsed]
+        # Framed once here; a ready connection gets the bytes straight into its transport.
+        wire = text_frame(batch_frame if batch_frame is not None else singles[0])
         frames = 0
         for conn in list(ch.conns):
             if not conn.live:
                 conn.pending.extend(parsed)
                 continue
-            if batch_frame is not None and conn.batch_ok:
-                conn.push(batch_frame)
+            direct = conn.direct
+            if batch_frame is None or conn.batch_ok:
+                if direct is not None:
+                    direct(wire)
+                else:
+                    conn.push(batch_frame or singles[0])
                 frames += 1
-            elif batch_frame is not None:
-                conn.push_many(singles)
-                frames += len(singles)
             else:
-                conn.push(singles[0])
-                frames += 1
+                if direct is not None:
+                    direct(text_frames(singles))
+                else:
+                    conn.push_many(singles)
+                frames += len(singles)
         # Counted per broadcast: a Counter.inc per frame (it takes a lock) cost as much as the write.
         FRAMES_OUT.inc(frames)
 
@@ -405,13 +426,18 @@ class Hub:
 
     def _broadcast(self, ch: ShowChannel, data: str, *, staff_only: bool = False,
                    droppable: bool = False, hosts_only: bool = False) -> None:
+        wire = text_frame(data)
         frames = 0
         for conn in list(ch.conns):
             if not conn.live or (staff_only and not conn.staff):
                 continue
             if hosts_only and conn.role not in ("host", "admin"):
                 continue
-            conn.push(data, droppable)
+            direct = conn.direct
+            if direct is not None:
+                direct(wire)
+            else:
+                conn.push(data, droppable)
             frames += 1
         FRAMES_OUT.inc(frames)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from websockets.datastructures import Headers
@@ -148,6 +149,9 @@ class SocketProtocol(asyncio.Protocol):
             self._flush()
         else:
             self.transport.write(text_frame(data))
+
+    def raw_writer(self) -> Callable[[bytes], None] | None:
+        return None if self.deflate or self.closed else self.transport.write
 
     def write_texts(self, datas: list[str]) -> None:
         if self.deflate or self.closed:

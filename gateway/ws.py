@@ -136,8 +136,7 @@ class Session:
             self.hello_timer.cancel()
         conn = self.conn
         if conn is not None:
-            conn.closing = True
-            conn.ready = False
+            conn.gone()
             self.ctx.hub.leave(conn)
             if self.joined:
                 RECORDER.viewer_left(id(conn))

@@ -6,6 +6,8 @@ edge cases, which a real socket rarely hits on cue."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from websockets.frames import Frame, Opcode
 
@@ -22,6 +24,7 @@ class Sink:
         self.closed: list[tuple[int, str]] = []
         self.room = room
         self.conn: Conn | None = None
+        self.raw: list[bytes] | None = None  # a transport that takes frame bytes as they are
 
     def write_text(self, data: str) -> None:
         self.writes += 1
@@ -39,6 +42,9 @@ class Sink:
 
     def close(self, code: int, reason: str) -> None:
         self.closed.append((code, reason))
+
+    def raw_writer(self) -> Callable[[bytes], None] | None:
+        return self.raw.append if self.raw is not None else None
 
     def drain(self, room: int) -> None:
         self.room = room
@@ -124,6 +130,28 @@ def test_text_frames_are_the_frames_back_to_back() -> None:
     assert text_frames(texts) == b"".join(
         Frame(Opcode.TEXT, t.encode()).serialize(mask=False, extensions=[]) for t in texts)
     assert text_frames(texts) is text_frames(texts)
+
+
+def test_direct_write_is_offered_only_while_the_transport_takes_writes() -> None:
+    sink = Sink()
+    sink.raw = []
+    c = conn(sink)
+    assert c.direct is None  # before the welcome
+    c.queue.append("welcome")
+    c.start()
+    assert c.direct is not None and sink.sent == ["welcome"]
+    c.direct(b"frame")
+    assert sink.raw == [b"frame"]
+    c.pause()
+    assert c.direct is None
+    c.resume()
+    assert c.direct is not None
+    c.gone()
+    assert c.direct is None and c.closing
+    sink.raw = None  # a connection whose frames must be compressed one by one
+    c2 = conn(sink)
+    c2.start()
+    assert c2.ready and c2.direct is None
 
 
 def test_close_before_start_reaches_the_socket_once() -> None:
