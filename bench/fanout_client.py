@@ -130,12 +130,17 @@ class Viewer(asyncio.Protocol):
             return
         self._via_proto(data)
 
-    def _read_frames(self, data: bytes) -> None:
+    def _arrived(self, n: int) -> tuple[float, bool]:
+        """Now, and whether it is inside the window (then n bytes are counted)."""
         now = time.time()
         st = self.st
         in_window = st.t0 <= now < st.t1
         if in_window:
-            st.bytes += len(data)
+            st.bytes += n
+        return now, in_window
+
+    def _read_frames(self, data: bytes) -> None:
+        now, in_window = self._arrived(len(data))
         if self.buf:
             self.buf += data
             data = bytes(self.buf)
@@ -188,11 +193,7 @@ class Viewer(asyncio.Protocol):
                     st.chat_seen += 1
 
     def _via_proto(self, data: bytes) -> None:
-        now = time.time()
-        st = self.st
-        in_window = st.t0 <= now < st.t1
-        if in_window:
-            st.bytes += len(data)
+        now, in_window = self._arrived(len(data))
         proto = self.proto
         proto.receive_data(data)
         for ev in proto.events_received():
