@@ -98,6 +98,7 @@ class WS:
         self.events: list[dict[str, Any]] = []
         self.welcome: dict[str, Any] = {}
         self.seen: list[dict[str, Any]] = []  # every frame ever received, batches unpacked
+        self.raw: list[dict[str, Any]] = []  # every frame as it came (batches whole)
         self._n = 0
 
     @classmethod
@@ -116,6 +117,7 @@ class WS:
     async def recv_frame(self, timeout: float = 10) -> dict[str, Any]:
         raw = await asyncio.wait_for(self.conn.recv(), timeout)
         frame: dict[str, Any] = orjson.loads(raw)
+        self.raw.append(frame)
         return frame
 
     async def recv(self, timeout: float = 10) -> dict[str, Any]:

@@ -166,6 +166,37 @@ async def test_deal_tick_and_ended(http: httpx.AsyncClient, server: ServerProc) 
     await host.close()
 
 
+async def test_ticks_ride_along_with_events_and_keep_coming_every_second(http: httpx.AsyncClient,
+                                                                        server: ServerProc) -> None:
+    show_id, product_id = await create_show(http)
+    host = await WS.open(server.ws_url("host", show_id), mint("host", show_id))
+    ack = await host.request("deal.launch", product_id=product_id, price_cents=100, quantity=5, duration_s=600)
+    deal_id = ack["deal"]["id"]
+    viewer = await WS.open(server.ws_url("viewer", show_id), None)
+    plain = await WS.open(server.ws_url("viewer", show_id), None, batch=False)
+    # Chat every ~0.2 s for 4 s: a tick due soon goes out in the same write as a message.
+    for i in range(20):
+        assert (await host.request("chat.send", text=f"tick test {i}"))["type"] == "ack"
+        await asyncio.sleep(0.2)
+    await host.request("announce", text="done")
+    for ws in (viewer, plain):
+        await ws.wait_for(lambda f: f.get("type") == "announcement" and f["text"] == "done", timeout=20)
+    batches = [f for f in viewer.raw if f.get("type") == "batch"]
+    rode_along = [b for b in batches
+                  if {e["type"] for e in b["events"]} >= {"chat.message", "deal.tick"}]
+    assert rode_along, "no tick went out together with a chat message"
+    for ws in (viewer, plain):
+        ticks = [f for f in ws.seen if f.get("type") == "deal.tick"]
+        assert all(t["deal_id"] == deal_id for t in ticks)
+        # 4+ s of chat: at least one tick a second (the contract), counted, not timed.
+        assert len(ticks) >= 3
+        chat = [f["message"]["text"] for f in ws.seen if f.get("type") == "chat.message"]
+        assert chat == [f"tick test {i}" for i in range(20)]
+    assert not any(f.get("type") == "batch" for f in plain.raw)  # batch:false is honoured
+    for ws in (viewer, plain, host):
+        await ws.close()
+
+
 async def test_stalled_client_does_not_hold_back_others(http: httpx.AsyncClient, backends: Any,
                                                         prefix: str) -> None:
     from livecore.embedded import free_port
