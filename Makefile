@@ -7,7 +7,7 @@ SCENARIO ?= flash-sale
 USERS ?= 200
 ARGS ?=
 
-.PHONY: demo test lint unit browser-deps bench-engine bench-fanout bench-video load docs clean soak
+.PHONY: demo test lint unit browser-deps bench-engine bench-fanout bench-memory bench-video load docs clean soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-engine: $(STAMP)
 
 bench-fanout: $(STAMP)
 	$(PY) -m bench.fanout $(ARGS)
+
+bench-memory: $(STAMP)
+	$(PY) -m bench.conn_memory $(ARGS)
 
 bench-video: $(STAMP)
 	$(PY) -m bench.video $(ARGS)
