@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import websockets
 
 from livecore.auth import TokenService
+from livecore.db import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "x" * 32
@@ -149,6 +151,21 @@ class WS:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.conn.close()
+
+
+async def fresh_database(any_dsn: str, prefix: str = "livecore_t") -> str:
+    """A new, migrated database on the PostgreSQL server of `any_dsn`: no other test's
+    server (and so no other webhook worker or sweeper) ever touches it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(any_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, _ = any_dsn.rpartition("/")
+    url = f"{base}/{name}"
+    await migrate(url)
+    return url
 
 
 async def create_show(client: httpx.AsyncClient, *, stock: int = 100, price: int = 1000,

@@ -8,18 +8,16 @@ import hashlib
 import hmac
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import asyncpg
 import orjson
 
-from livecore.db import migrate
 from livecore.embedded import free_port
 from tests.support import ServerProc, server_env
+from tests.support import fresh_database as support_fresh_database
 
 HANG_GUARD_S = 30.0
 
@@ -44,19 +42,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str = "conditio
         await asyncio.sleep(0.05)
 
 
-async def fresh_database(admin_dsn: str) -> str:
-    """A new, migrated database on the session's PostgreSQL: no other test's
-    server (and so no other webhook worker or sweeper) ever touches it."""
-    name = f"livecore_an_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, _ = admin_dsn.rpartition("/")
-    url = f"{base}/{name}"
-    await migrate(url)
-    return url
+async def fresh_database(any_dsn: str) -> str:
+    """A new, migrated database for this suite (named so its leftovers are recognisable)."""
+    return await support_fresh_database(any_dsn, "livecore_an")
 
 
 def start_server(redis_url: str, database_url: str, **extra: str) -> ServerProc:

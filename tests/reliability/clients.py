@@ -143,11 +143,7 @@ class Client:
     async def failover(self, *, deadline_s: float = 60) -> dict[str, Any]:
         """Reconnect to the next node with resume_from, with backoff, as a client should."""
         if self.conn is not None:
-            with contextlib.suppress(Exception):
-                await self.conn.close()
-            if self._reader is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._reader, 5)
+            await self._drop_socket()
         deadline = time.monotonic() + deadline_s
         delay = 0.05
         while True:
@@ -181,6 +177,10 @@ class Client:
         if self._resuming is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._resuming, 30)
+        await self._drop_socket()
+
+    async def _drop_socket(self) -> None:
+        """Close the socket (if any) and let its reader task finish."""
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 await self.conn.close()

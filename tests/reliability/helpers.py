@@ -22,14 +22,13 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import websockets
 
-from livecore.db import migrate
 from livecore.embedded import EmbeddedPostgres, _pg_bin, _pg_user, _wait_port, free_port
 from tests.support import ADMIN, ServerProc, server_env
+from tests.support import fresh_database as support_fresh_database
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 # Lines a node writes only when something went wrong that is our bug.
@@ -91,17 +90,8 @@ def crash_lines(text: str) -> list[str]:
 # ---- databases --------------------------------------------------------------------
 
 async def fresh_database(any_dsn: str) -> str:
-    """A new, migrated database on the PostgreSQL server of `any_dsn`."""
-    name = f"livecore_rel_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(any_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, _ = any_dsn.rpartition("/")
-    url = f"{base}/{name}"
-    await migrate(url)
-    return url
+    """A new, migrated database for this suite (named so its leftovers are recognisable)."""
+    return await support_fresh_database(any_dsn, "livecore_rel")
 
 
 class RestartablePostgres(EmbeddedPostgres):
