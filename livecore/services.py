@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,6 +25,11 @@ from livecore.moderation import Moderation
 from livecore.redis_cluster import cluster_client, is_cluster_url
 from livecore.redisfn import RedisFunctions
 from livecore.settings import Settings
+
+log = logging.getLogger("livecore.services")
+
+# asyncpg's Pool.close() waits, without a limit, for every connection to be released.
+POOL_CLOSE_TIMEOUT_S = 5.0
 
 
 def redis_client(url: str, **kwargs: Any) -> Redis:
@@ -85,7 +92,14 @@ class Services:
                    deals=deals, moderation=Moderation(pool, redis, keys, bus, settings))
 
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.pool.close()
+        # A connection never given back (a task stuck mid-query) would hold shutdown forever;
+        # after the grace period the pool is terminated (its sessions are cut).
+        try:
+            await asyncio.wait_for(self.pool.close(), POOL_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("PostgreSQL pool did not close in %.0f s; terminating it", POOL_CLOSE_TIMEOUT_S)
+            self.pool.terminate()
+        except Exception:
+            pass
         with contextlib.suppress(Exception):
             await self.redis.aclose()
